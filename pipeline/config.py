@@ -1,0 +1,301 @@
+"""Frozen, typed configuration, built once from defaults + YAML + `key=value` overrides and validated once.
+
+Every section is a frozen dataclass. `load_config()` is the only constructor callers need:
+
+    cfg = load_config("conf.yaml", overrides=["model.name=ple", "train.epochs=2"], home=".mtl")
+
+The same dotted keys are used by the CLI (`--set`), the Airflow trigger form (Params) and MLflow params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from pipeline.errors import ConfigError
+from pipeline.schema import TASKS
+
+MODEL_NAMES = ("shared_bottom", "omoe", "mmoe", "ple", "esmm", "aitm", "single_task")
+WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Time windows ending at the logical date D: test = last `test_days`, valid before, train before that."""
+
+    train_days: int = 7
+    valid_days: int = 1
+    test_days: int = 1
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Drift checks against the trailing `drift_days` days. Bands are ratios to the trailing mean."""
+
+    drift_days: int = 7
+    row_count_band: tuple[float, float] = (0.2, 5.0)
+    label_rate_band: tuple[float, float] = (0.2, 5.0)
+    drift_action: str = "fail"  # "fail" | "warn"
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which columns become features. Extra contract columns are used only when declared here."""
+
+    categorical: tuple[str, ...] = (
+        "user_id", "item_id", "category", "brand", "shop_id", "surface", "age_bucket", "gender", "city_tier",
+    )
+    numeric: tuple[str, ...] = ()
+    history: bool = True
+    history_windows: tuple[int, ...] = (1, 7, 28)
+    smoothing: float = 20.0
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The transformer text tower. `model`: the offline MiniLM name, a local folder or a hub name."""
+
+    enabled: bool = True
+    model: str = "all-MiniLM-L6-v2"
+    finetune: bool = False
+    max_length: int = 32
+    max_chars: int = 512
+    batch_size: int = 128
+    proj_dim: int = 16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mmoe"
+    tasks: tuple[str, ...] = ("ctr", "cart", "ctcvr", "cvr")
+    embedding_dim: int = 16
+    num_experts: int = 4
+    expert_hidden: tuple[int, ...] = (64,)
+    tower_hidden: tuple[int, ...] = (32,)
+    bottom_hidden: tuple[int, ...] = (128, 64)
+    ple_levels: int = 2
+    shared_experts: int = 2
+    task_experts: int = 1
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    weighting: str = "fixed"
+    task_weights: tuple[float, ...] = ()  # empty = 1.0 for every task
+    patience: int = 1
+    early_stop_metric: str = "mean_auc"  # or "auc:<task>"
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    compile: bool = False
+    adversarial: str = "none"  # none | fgm
+    fgm_epsilon: float = 0.5
+    baselines: bool = True
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """TFX-style thresholds on test AUC, per task."""
+
+    min_champion_delta: float = 0.0  # challenger - champion must be >= this on every task
+    max_baseline_regression: float = 0.01  # baseline - challenger must be <= this on every task
+    bootstrap: int = 200
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    model_name: str = "ecommerce-mtl"
+    experiment: str = "ecommerce-mtl"
+    tracking_uri: str = ""  # empty = MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Fused ranking score = p_ctr^a * p_cvr^b * price^c (exponents per name; absent = 0)."""
+
+    score_exponents: tuple[tuple[str, float], ...] = (("ctr", 1.0), ("cvr", 1.0), ("price", 0.0))
+
+
+@dataclass(frozen=True)
+class Config:
+    home: str = ".mtl"
+    dry_run: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (e.g. {'model.name': 'mmoe'}), for MLflow params and the trigger form."""
+        out: dict[str, Any] = {}
+        for k, v in self.to_dict().items():
+            if isinstance(v, dict):
+                out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                out[k] = v
+        return out
+
+    def hash(self) -> str:
+        """Stable hash of everything except `home` (where it runs does not change what it computes)."""
+        d = self.to_dict()
+        d.pop("home")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the declared field type, or raise ConfigError naming the key."""
+    origin = get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise TypeError(f"expected true/false, got {value!r}")
+        if typ in (int, float, str):
+            if typ is int and isinstance(value, float) and not value.is_integer():
+                raise TypeError(f"expected an integer, got {value!r}")
+            if typ is not str and isinstance(value, bool):
+                raise TypeError(f"expected a number, got {value!r}")
+            return typ(value)
+        if origin is tuple:
+            args = get_args(typ)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, dict):
+                value = list(value.items())
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(value) != len(args):
+                raise TypeError(f"expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key '{key}': {exc}") from None
+    raise ConfigError(f"config key '{key}': unsupported type {typ}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(sorted(prefix + u for u in unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{prefix}{name}' must be a mapping")
+            kwargs[name] = _build(typ, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, typ, prefix + name)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{key}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'model.name=ple' -> ('model.name', 'ple'); the value is read as YAML ('[ctr, cvr]' -> list)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    home: str | os.PathLike | None = None,
+) -> Config:
+    """Defaults <- YAML file <- overrides (list of 'k=v' or dict of dotted keys) <- home; validated once."""
+    tree: dict[str, Any] = {}
+    if path:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        tree = loaded
+    pairs = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    if home is not None:
+        tree["home"] = str(home)
+    elif "home" not in tree:
+        tree["home"] = os.environ.get("MTL_HOME", ".mtl")
+    cfg = _build(Config, tree)
+    validate_config(cfg)
+    return cfg
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate_config(cfg: Config) -> None:
+    """Cross-field rules. Raises ConfigError naming the key."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    for k in ("train_days", "valid_days", "test_days"):
+        _check(getattr(d, k) >= 1, f"data.{k} must be >= 1")
+    _check(m.name in MODEL_NAMES, f"model.name must be one of {MODEL_NAMES}, got '{m.name}'")
+    _check(len(m.tasks) >= 1, "model.tasks must name at least one task")
+    bad = [x for x in m.tasks if x not in TASKS]
+    _check(not bad, f"model.tasks: unknown task(s) {bad}; known: {tuple(TASKS)}")
+    _check(len(set(m.tasks)) == len(m.tasks), "model.tasks has duplicates")
+    _check(m.name != "single_task" or len(m.tasks) == 1, "model.name=single_task takes exactly one task")
+    _check(m.name != "esmm" or {"ctr", "cvr"} <= set(m.tasks) or {"ctr", "ctcvr"} <= set(m.tasks),
+           "model.name=esmm needs tasks ctr and cvr or ctcvr")
+    _check(m.embedding_dim >= 1 and m.num_experts >= 1, "model.embedding_dim and model.num_experts must be >= 1")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+    _check(t.weighting in WEIGHTINGS, f"train.weighting must be one of {WEIGHTINGS}, got '{t.weighting}'")
+    _check(not t.task_weights or len(t.task_weights) == len(m.tasks),
+           "train.task_weights needs one weight per task in model.tasks")
+    _check(t.epochs >= 1 and t.batch_size >= 1 and t.lr > 0, "train.epochs, train.batch_size, train.lr must be > 0")
+    _check(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
+    _check(t.adversarial in ("none", "fgm"), "train.adversarial must be none or fgm")
+    metric = t.early_stop_metric
+    _check(metric == "mean_auc" or (metric.startswith("auc:") and metric[4:] in m.tasks),
+           "train.early_stop_metric must be mean_auc or auc:<one of model.tasks>")
+    _check(cfg.validation.drift_action in ("fail", "warn"), "validation.drift_action must be fail or warn")
+    _check(all(w >= 1 for w in cfg.features.history_windows), "features.history_windows must be >= 1 day")

@@ -1,0 +1,67 @@
+"""Atomic file and folder writes: a reader sees the old version or the new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success rename it over `path` (file or folder).
+
+    On error the temporary is removed and `path` is untouched. Replacing an existing folder renames the
+    old one aside first, so the swap leaves no moment without either version for more than one rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = _tmp_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (sorted keys, NaN written as null)."""
+    path = Path(path)
+    text = json.dumps(_clean(obj), indent=2, sort_keys=True, default=str)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN: undefined metrics become null."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return _clean(obj.item())
+    return obj

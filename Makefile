@@ -16,3 +16,58 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,text]'
 	touch $(STAMP)
+
+# ---- demo: a small synthetic shop, one nightly DAG run through Airflow, everything under $(MTL_HOME) ----
+HOME_ABS := $(abspath $(MTL_HOME))
+DEMO_START ?= 2026-01-01
+DEMO_DAYS ?= 14
+DEMO_DATE ?= 2026-01-14
+DEMO_SIZE ?= --impressions-per-day 12000 --users 3000 --items 800
+AIRFLOW_ENV := MTL_HOME=$(HOME_ABS) MTL_LANDING=$(HOME_ABS)/landing \
+	AIRFLOW_HOME=$(HOME_ABS)/airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(HOME_ABS)/airflow/airflow.db \
+	AIRFLOW__CORE__PARALLELISM=4 \
+	AIRFLOW__API__HOST=127.0.0.1 \
+	PATH=$(abspath $(BIN)):$$PATH
+
+demo: venv
+	@echo "== generating $(DEMO_DAYS) days of synthetic landing data under $(HOME_ABS)/landing"
+	$(BIN)/mtl generate --out $(HOME_ABS)/landing --days $(DEMO_DAYS) --start-date $(DEMO_START) --seed 7 $(DEMO_SIZE) >/dev/null
+	@mkdir -p $(HOME_ABS)/airflow
+	@echo "== airflow db migrate; pool gpu (1 slot); Airflow home $(HOME_ABS)/airflow"
+	@$(AIRFLOW_ENV) airflow db migrate >/dev/null
+	@$(AIRFLOW_ENV) airflow pools set gpu 1 "training tasks take turns (raise with more GPUs/cores)" >/dev/null
+	@echo "== airflow dags test mtl_retrain $(DEMO_DATE)   (log: $(HOME_ABS)/demo-dag.log)"
+	@$(AIRFLOW_ENV) airflow dags test mtl_retrain $(DEMO_DATE) > $(HOME_ABS)/demo-dag.log 2>&1 || \
+		{ tail -50 $(HOME_ABS)/demo-dag.log; echo "DAG run failed; full log: $(HOME_ABS)/demo-dag.log"; exit 1; }
+	@$(AIRFLOW_ENV) $(BIN)/mtl show --date $(DEMO_DATE) --home $(HOME_ABS) --brief 2>/dev/null
+	@echo "== UIs: 'make airflow-ui' (http://127.0.0.1:8080, user admin, password in $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated)"
+	@echo "        'make mlflow-ui'   (http://127.0.0.1:5000)"
+
+test: venv
+	$(BIN)/pytest -q
+
+# Airflow's own UI on loopback, this project's DAGs, few worker processes (STACK 8, 21).
+airflow-ui: venv
+	mkdir -p $(HOME_ABS)/airflow
+	$(AIRFLOW_ENV) airflow db migrate >/dev/null
+	$(AIRFLOW_ENV) airflow pools set gpu 1 "training tasks take turns" >/dev/null
+	$(AIRFLOW_ENV) AIRFLOW__API_AUTH__JWT_SECRET=$${AIRFLOW__API_AUTH__JWT_SECRET:-$$(cat $(HOME_ABS)/airflow/.jwt 2>/dev/null || \
+		($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' | tee $(HOME_ABS)/airflow/.jwt))} \
+		airflow standalone
+
+mlflow-ui: venv
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(HOME_ABS)/mlflow.db \
+		--default-artifact-root $(HOME_ABS)/mlartifacts
+
+clean:
+	rm -rf $(HOME_ABS)
+
+# Training throughput per architecture, one JSON line each (bench/train_bench.py; issue 4). Generates a 14-day,
+# 2.1M-impression landing folder once under $(BENCH_DIR). Override e.g. BENCH_ARGS='--models mmoe,ple'.
+BENCH_DIR ?= .mtl/bench
+BENCH_ARGS ?= --peer-config
+bench: venv
+	$(BIN)/python bench/train_bench.py --work $(BENCH_DIR) $(BENCH_ARGS)

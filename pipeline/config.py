@@ -41,6 +41,9 @@ class ValidationConfig:
     row_count_band: tuple[float, float] = (0.2, 5.0)
     label_rate_band: tuple[float, float] = (0.2, 5.0)
     drift_action: str = "fail"  # "fail" | "warn"
+    # A label rate is compared only when the trailing rate predicts at least this many positives on the day:
+    # below it, a zero or doubled count is sampling noise, not drift.
+    drift_min_positives: int = 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class ModelConfig:
     shared_experts: int = 2
     task_experts: int = 1
     dropout: float = 0.1
+    calibrator_weight: float = 0.6  # AITM behavioural calibrator (Xi et al. use 0.6)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     compile: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (also on CPU) | fp32
     adversarial: str = "none"  # none | fgm
     fgm_epsilon: float = 0.5
     baselines: bool = True
@@ -119,6 +124,8 @@ class RegistryConfig:
     model_name: str = "ecommerce-mtl"
     experiment: str = "ecommerce-mtl"
     tracking_uri: str = ""  # empty = MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db
+    connect_retries: int = 3  # attempts to reach the tracking server before RegistryError
+    retry_wait_s: float = 2.0  # wait between attempts (doubles each time)
 
 
 @dataclass(frozen=True)
@@ -294,8 +301,17 @@ def validate_config(cfg: Config) -> None:
     _check(t.epochs >= 1 and t.batch_size >= 1 and t.lr > 0, "train.epochs, train.batch_size, train.lr must be > 0")
     _check(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     _check(t.adversarial in ("none", "fgm"), "train.adversarial must be none or fgm")
+    _check(t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32")
     metric = t.early_stop_metric
     _check(metric == "mean_auc" or (metric.startswith("auc:") and metric[4:] in m.tasks),
            "train.early_stop_metric must be mean_auc or auc:<one of model.tasks>")
     _check(cfg.validation.drift_action in ("fail", "warn"), "validation.drift_action must be fail or warn")
+    v = cfg.validation
+    _check(v.drift_days >= 1 and v.drift_min_positives >= 0,
+           "validation.drift_days must be >= 1 and validation.drift_min_positives >= 0")
+    _check(all(0 <= b[0] <= 1 <= b[1] for b in (v.row_count_band, v.label_rate_band)),
+           "validation.row_count_band / label_rate_band must be (low <= 1, high >= 1)")
     _check(all(w >= 1 for w in cfg.features.history_windows), "features.history_windows must be >= 1 day")
+    _check(cfg.registry.connect_retries >= 1 and cfg.registry.retry_wait_s >= 0,
+           "registry.connect_retries must be >= 1 and registry.retry_wait_s >= 0")
+    _check(cfg.gate.bootstrap >= 0, "gate.bootstrap must be >= 0")

@@ -1,0 +1,130 @@
+"""Training throughput of each architecture (issue 4 item 6). One JSON line per architecture:
+
+    {"model": ..., "samples_per_s": ..., "peak_rss_mb": ..., "auc": {task: ...}, ...}
+
+Data: a generated landing folder of 14 days x 150,000 impressions (200k users, 50k items), or --landing DIR;
+ingest -> validate -> features run once for its last day (12 train days, 1 valid, 1 test) and are cached under
+--work. Each architecture then trains in a fresh process (so peak RSS is its own) for one epoch; samples/s is
+train rows / wall time of the training pass (no evaluation inside); AUC is on the test day.
+
+--peer-config: exactly the peers' setting (STACK.md): embedding 16, 4 experts [64], towers [32], batch 2048,
+Adam lr 1e-3, 1 epoch, 2 torch threads, categorical features user_id, item_id, category, brand, shop_id, surface,
+position, age_bucket, gender, city_tier plus log price only; no dropout, no weight decay, no embedding L2.
+
+    .venv/bin/python bench/train_bench.py --peer-config --models mmoe,ple
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ARCHS = ("shared_bottom", "omoe", "mmoe", "ple", "esmm", "aitm")
+PEER_CATS = ("user_id", "item_id", "category", "brand", "shop_id", "surface", "position", "age_bucket", "gender",
+             "city_tier")
+PEER = ["model.embedding_dim=16", "model.num_experts=4", "model.expert_hidden=[64]", "model.tower_hidden=[32]",
+        "model.bottom_hidden=[64]", "model.dropout=0.0", "train.batch_size=2048", "train.lr=0.001",
+        "train.epochs=1", "train.threads=2", "train.weight_decay=0", "train.embedding_l2=0"]
+DATA = ["data.train_days=12", "data.valid_days=1", "data.test_days=1", "text.enabled=false"]
+SIZE = {"days": 14, "impressions_per_day": 150_000, "users": 200_000, "items": 50_000, "seed": 7,
+        "start_date": "2026-01-01"}
+
+
+def prepare(work: Path, landing: Path | None, peer: bool) -> Path:
+    """Landing -> features for the last day, cached by setting. Returns the run folder."""
+    from pipeline.config import load_config
+    home = work / ("home-peer" if peer else "home")
+    if landing is None:
+        landing = work / "landing"
+        if not (landing / "items.parquet").is_file():
+            from pipeline.generate import generate
+
+            generate(landing, **SIZE)
+    date = max(p.name[3:] for p in (landing / "impressions").iterdir() if p.name.startswith("dt="))
+    run_dir = home / "runs" / date
+    overrides = DATA + ([f"features.categorical=[{','.join(PEER_CATS)}]", "features.history=false"] if peer else [])
+    if (run_dir / "features" / "feature_spec.json").is_file():
+        return run_dir
+    from pipeline.features import build_features
+    from pipeline.ingest import ingest
+    from pipeline.validate import validate
+
+    cfg = load_config(None, overrides, home=home)
+    t0 = time.perf_counter()
+    ingest(cfg, landing, date)
+    validate(cfg, date)
+    build_features(cfg, date)
+    print(f"# prepared {run_dir} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return run_dir
+
+
+def peer_spec(spec: dict) -> dict:
+    """Keep only the peers' inputs: the ten categorical columns and log price."""
+    return {**spec, "categorical": [c for c in spec["categorical"] if c["name"] in PEER_CATS],
+            "numeric": [n for n in spec["numeric"] if n == "num__log_price"], "text": {"enabled": False}}
+
+
+def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str]) -> dict:
+    """Train `name` for one epoch in this process -> the JSON row."""
+    import torch
+
+    from pipeline import dataset, models, trainer
+    from pipeline.config import load_config
+    from pipeline.metrics import auc
+    from pipeline.train import predict
+
+    cfg = load_config(None, (PEER if peer else []) + [f"model.name={name}"] + overrides, home=run_dir.parent.parent)
+    torch.set_num_threads(cfg.train.threads or 2)
+    torch.manual_seed(cfg.train.seed)
+    spec = dataset.read_spec(run_dir)
+    spec = peer_spec(spec) if peer else {**spec, "text": {"enabled": False}}
+    inputs = dataset.input_spec(run_dir, spec, cfg.text.proj_dim)
+    model = models.build(name, inputs, cfg.model, cfg.model.tasks)
+    train = dataset.load_split(run_dir, "train", model.output_tasks, spec)
+    test = dataset.load_split(run_dir, "test", model.output_tasks, spec)
+    s = trainer.make_setup(model, train, cfg.train, cfg.train.weighting, torch.device("cpu"))
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg.train.epochs + 1):
+        trainer.train_epoch(s, train, cfg.train, epoch, name)
+    seconds = time.perf_counter() - t0
+    probs = predict(model, test)
+    aucs = {}
+    for j, t in enumerate(model.tasks):
+        k = test.tasks.index(t)
+        m = test.mask[:, k] > 0
+        aucs[t] = round(auc(test.labels[m, k].numpy(), probs[m.numpy(), j]), 4)
+    return {"model": name, "samples_per_s": round(len(train) * cfg.train.epochs / seconds),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "auc": aucs, "train_rows": len(train), "epochs": cfg.train.epochs, "seconds": round(seconds, 1),
+            "threads": torch.get_num_threads(), "peer_config": peer}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(ARCHS), help="comma-separated architectures")
+    p.add_argument("--landing", type=Path, help="use this landing folder instead of generating one")
+    p.add_argument("--peer-config", action="store_true", help="the peers' exact configuration (see above)")
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("MTL_BENCH_DIR", ".mtl/bench")))
+    p.add_argument("--set", action="append", default=[], dest="overrides", help="extra key=value overrides")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.run_dir, args.peer_config, args.overrides)), flush=True)
+        return
+    run_dir = prepare(args.work.resolve(), args.landing.resolve() if args.landing else None, args.peer_config)
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        cmd = [sys.executable, __file__, "--one", name, "--run-dir", str(run_dir)]
+        cmd += (["--peer-config"] if args.peer_config else []) + [x for o in args.overrides for x in ("--set", o)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        print(out.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

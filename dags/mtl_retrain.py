@@ -1,0 +1,250 @@
+"""Nightly multi-task retraining: landing day D -> lake -> features -> MTL + baselines -> evaluation -> registry.
+
+This file is a table of contents: every task calls one `pipeline` function and passes paths, dates and run ids.
+Parse time does no I/O beyond reading $MTL_CONFIG (when set) and imports nothing heavy: torch, polars, GX and
+MLflow are imported inside the tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, chain, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from pipeline import params as form
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "mtl_retrain"
+POOL = "gpu"  # size 1 by default: training tasks take turns instead of oversubscribing a small machine
+# Celery queue of the training tasks: "gpu" sends them to the GPU worker of docker/compose.yaml.
+TRAIN_QUEUE = os.environ.get("MTL_TRAIN_QUEUE", "default")
+SENSOR_TIMEOUT_S = 6 * 3600
+# The lake partition this DAG publishes; downstream DAGs can schedule on it.
+LAKE = Asset(name="mtl_lake_impressions", uri="mtl://lake/impressions", group="mtl")
+
+DAG_DOC = """
+### Nightly multi-task retraining
+
+Runs at 02:00 UTC for the previous day (the logical date D, `ds`). Steps:
+
+1. **check_config**: builds the run's config from the form (validated like `mtl --set`; bad values fail at once).
+2. **take_lock**: per-date lease in `<home>/locks/`, so this date never runs twice at once (CLI or Airflow).
+3. **wait_for_landing**: waits (reschedule mode) for `<landing>/impressions/dt=D/_SUCCESS`.
+4. **ingest** -> **validate** (Great Expectations + contract rules; publishes the day into the lake, Asset
+   `mtl_lake_impressions`) -> **features** -> **train_mtl** and **train_baseline** (one mapped task per task,
+   pool `gpu`) -> **evaluate** -> **register** (MLflow; champion/challenger gate; skipped on dry run).
+5. **release_lock** (teardown) always runs.
+
+Data errors fail fast without retries; the failed task writes `<home>/runs/<D>/run_summary.json`.
+Same functions as the CLI: `mtl run --landing DIR --date D`.
+"""
+
+
+def _home() -> str:
+    return str(os.path.abspath(os.environ.get("MTL_HOME", ".mtl")))
+
+
+def _cfg(info: dict[str, Any]):
+    return form.config_from_params(get_current_context()["params"], home=info["home"])
+
+
+def _fail_fast(exc: Exception) -> None:
+    """Errors that the same inputs would raise again are not retried (AirflowFailException)."""
+    from pipeline.errors import ConcurrentRunError, MTLError, RegistryError
+
+    if isinstance(exc, MTLError) and not isinstance(exc, (RegistryError, ConcurrentRunError)):
+        log.error("%s (not retried):\n%s", type(exc).__name__, exc)
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def write_summary(context: dict[str, Any]) -> None:
+    """on_failure_callback: a short JSON run summary under the run folder (what failed, where, why)."""
+    from pipeline.io import write_json
+    from pipeline.paths import Layout
+
+    ti, run = context.get("ti"), context.get("dag_run")
+    ds = context.get("ds") or "unknown-date"
+    exc = context.get("exception")
+    summary = {
+        "dag_id": DAG_ID, "dag_run": getattr(run, "run_id", None), "date": ds,
+        "failed_task": getattr(ti, "task_id", None), "map_index": getattr(ti, "map_index", None),
+        "try_number": getattr(ti, "try_number", None), "error_type": type(exc).__name__ if exc else None,
+        "error": str(exc)[:4000] if exc else None, "at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    path = Layout.of(_home()).run_dir(ds) / "run_summary.json"
+    write_json(path, summary)
+    log.error("run summary written to %s: %s failed: %s", path, summary["failed_task"], summary["error"])
+
+
+DEFAULT_ARGS = {
+    "owner": "mtl",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=10),
+    "on_failure_callback": write_summary,
+}
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params=form.airflow_params(landing=os.environ.get("MTL_LANDING", "")),
+    doc_md=DAG_DOC,
+    tags=["mtl", "training"],
+)
+def mtl_retrain():
+    @task(retries=0, multiple_outputs=False)
+    def check_config() -> dict:
+        """Validate the trigger form into the run's config (same rules as `mtl --set`); no retries."""
+        from pipeline.errors import ConfigError
+        from pipeline.run import model_names
+
+        ctx = get_current_context()
+        home = _home()
+        try:
+            cfg = form.config_from_params(ctx["params"], home=home)
+        except ConfigError as exc:
+            raise AirflowFailException(f"invalid trigger parameters: {exc}") from exc
+        ds = ctx.get("ds")
+        if not ds:  # a REST trigger with logical_date null has no date to process (STACK 7)
+            raise AirflowFailException("this DAG processes one logical date: trigger it with a logical_date")
+        landing = ctx["params"].get(form.LANDING) or os.environ.get("MTL_LANDING") or os.path.join(home, "landing")
+        return {
+            "home": home, "date": ds, "run_id": ds, "landing": os.path.abspath(landing),
+            "owner": f"airflow:{DAG_ID}:{ctx['dag_run'].run_id}", "dry_run": cfg.dry_run,
+            "baselines": [n.removeprefix("baseline_") for n in model_names(cfg) if n.startswith("baseline_")],
+        }
+
+    @task(retries=0)
+    def baseline_tasks(info: dict) -> list[str]:
+        """The tasks that get a single-task baseline (none when `train.baselines` is off)."""
+        return info["baselines"]
+
+    @task(retries=3, retry_delay=dt.timedelta(minutes=1))
+    def take_lock(info: dict) -> str:
+        """Take the per-date lease (`pipeline.lock`); another live run of this date makes this task retry."""
+        from pipeline.lock import acquire
+
+        return str(acquire(info["home"], info["date"], info["owner"]))
+
+    @task.sensor(poke_interval=60, timeout=SENSOR_TIMEOUT_S, mode="reschedule")
+    def wait_for_landing(info: dict) -> bool:
+        """Wait until the producer marks day D complete: `<landing>/impressions/dt=D/_SUCCESS`."""
+        marker = os.path.join(info["landing"], "impressions", f"dt={info['date']}", "_SUCCESS")
+        log.info("waiting for %s", marker)
+        return os.path.exists(marker)
+
+    @task
+    def ingest(info: dict) -> dict:
+        """Stage landing day D (and unseen earlier days) with contract types; nothing reaches the lake yet."""
+        from pipeline.ingest import ingest as run
+
+        try:
+            return run(_cfg(info), info["landing"], info["date"], info["run_id"])
+        except Exception as exc:
+            _fail_fast(exc)
+            raise
+
+    @task(retries=0, outlets=[LAKE])
+    def validate(info: dict) -> dict:
+        """Great Expectations + contract rules on the staged days; on pass, publish them into the lake."""
+        from pipeline.validate import validate as run
+
+        try:
+            out = run(_cfg(info), info["date"], info["run_id"])
+        except Exception as exc:
+            _fail_fast(exc)
+            raise
+        get_current_context()["outlet_events"][LAKE].extra = {"published": out.get("published"),
+                                                              "home": info["home"]}
+        return out
+
+    @task
+    def features(info: dict) -> dict:
+        """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
+        from pipeline.features import build_features
+
+        try:
+            return build_features(_cfg(info), info["date"], info["run_id"])
+        except Exception as exc:
+            _fail_fast(exc)
+            raise
+
+    def _train(info: dict, name: str) -> dict:
+        from pipeline.train import train_model
+
+        cfg = _cfg(info)
+        if cfg.train.threads:
+            import torch
+
+            torch.set_num_threads(cfg.train.threads)
+        try:
+            return train_model(cfg, info["run_id"], name=name, resume=True)
+        except Exception as exc:
+            _fail_fast(exc)
+            raise
+
+    @task(pool=POOL, queue=TRAIN_QUEUE)
+    def train_mtl(info: dict) -> dict:
+        """Train the multi-task model (early stopping on the valid window); resumes from its last checkpoint."""
+        return _train(info, "mtl")
+
+    # Mapped tasks do not take their docstring as doc_md.
+    baseline_doc = "Train the single-task baseline for one task (one mapped task instance per task)."
+
+    @task(pool=POOL, queue=TRAIN_QUEUE, doc_md=baseline_doc)
+    def train_baseline(info: dict, task_name: str) -> dict:
+        return _train(info, f"baseline_{task_name}")
+
+    @task(trigger_rule="none_failed")
+    def evaluate(info: dict) -> dict:
+        """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
+        from pipeline.evaluate import evaluate as run
+
+        try:
+            return run(_cfg(info), info["run_id"])
+        except Exception as exc:
+            _fail_fast(exc)
+            raise
+
+    @task
+    def register(info: dict) -> dict:
+        """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
+        from pipeline.registry import register as run
+
+        if info["dry_run"]:
+            raise AirflowSkipException("dry run: nothing registered")
+        try:
+            return run(_cfg(info), run_id=info["run_id"])
+        except Exception as exc:
+            _fail_fast(exc)
+            raise
+
+    @task(trigger_rule="all_done", retries=1)
+    def release_lock(info: dict) -> bool:
+        """Give the per-date lease back, whatever happened upstream."""
+        from pipeline.lock import release
+
+        return release(info["home"], info["date"], info["owner"])
+
+    info = check_config()
+    lock = take_lock(info)
+    mtl = train_mtl(info)
+    baselines = train_baseline.partial(info=info).expand(task_name=baseline_tasks(info))
+    done = register(info)
+    chain(info, lock, wait_for_landing(info), ingest(info), validate(info), features(info), [mtl, baselines],
+          evaluate(info), done)
+    done >> release_lock(info).as_teardown(setups=lock)
+
+
+mtl_retrain()

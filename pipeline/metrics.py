@@ -1,0 +1,211 @@
+"""Ranking and calibration metrics in plain numpy, each checked against a brute-force loop in tests.
+
+Every function takes 1-D arrays of equal length: `labels` in {0, 1}, `scores` (probabilities or any
+real-valued ranking score). A metric that is undefined on its input (no positives, no negatives, no
+rows) is NaN, never 0.5; `pipeline.io.write_json` writes NaN as null.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    return y, s
+
+
+def tie_groups(scores) -> tuple[np.ndarray, int]:
+    """Index of each row's distinct score value in ascending order -> (inverse [N], number of values)."""
+    uniq, inverse = np.unique(np.asarray(scores, dtype=np.float64).ravel(), return_inverse=True)
+    return inverse, len(uniq)
+
+
+def auc_from_groups(inverse: np.ndarray, n_groups: int, labels: np.ndarray, weights=None) -> float:
+    """AUC given precomputed tie groups (see `tie_groups`), optionally with row weights.
+
+    A positive scores 1 against each lower negative and 1/2 against each tied one (= average ranks).
+    Precomputing the groups once lets the bootstrap reweight rows in O(N) per resample.
+    """
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    pos = np.bincount(inverse, weights=w * y, minlength=n_groups)
+    neg = np.bincount(inverse, weights=w * (1.0 - y), minlength=n_groups)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos <= 0 or total_neg <= 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (total_pos * total_neg))
+
+
+def auc(labels, scores, weights=None) -> float:
+    """Area under the ROC curve; ties count 1/2 (average rank). NaN when a class is missing."""
+    y, s = _arrays(labels, scores)
+    if y.size == 0:
+        return float("nan")
+    inverse, n = tie_groups(s)
+    return auc_from_groups(inverse, n, y, weights)
+
+
+def logloss(labels, probs, eps: float = EPS) -> float:
+    """Mean binary cross-entropy with probabilities clipped to [eps, 1 - eps]. NaN on no rows."""
+    y, p = _arrays(labels, probs)
+    if y.size == 0:
+        return float("nan")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def _group_codes(groups) -> np.ndarray:
+    return np.unique(np.asarray(groups).ravel(), return_inverse=True)[1].ravel()
+
+
+def group_aucs(labels, scores, groups) -> tuple[np.ndarray, np.ndarray]:
+    """AUC of every group (NaN where a group lacks a class) and its row count, groups in sorted order."""
+    y, s = _arrays(labels, scores)
+    g = _group_codes(groups)
+    n_groups = int(g.max()) + 1 if g.size else 0
+    # Rank ties within (group, score): distinct pairs in lexicographic order.
+    order = np.lexsort((s, g))
+    gs, ss, ys = g[order], s[order], y[order]
+    new_run = np.r_[True, (gs[1:] != gs[:-1]) | (ss[1:] != ss[:-1])] if gs.size else np.zeros(0, bool)
+    run = np.cumsum(new_run) - 1
+    n_runs = int(run[-1]) + 1 if run.size else 0
+    pos = np.bincount(run, weights=ys, minlength=n_runs)
+    neg = np.bincount(run, weights=1.0 - ys, minlength=n_runs)
+    run_group = gs[new_run]
+    # Negatives strictly below each run inside its group = cumulative negatives minus the group's start.
+    cum_neg = np.cumsum(neg) - neg
+    group_start = np.r_[True, run_group[1:] != run_group[:-1]] if run_group.size else np.zeros(0, bool)
+    start_cum = cum_neg[group_start][np.cumsum(group_start) - 1]
+    wins = np.bincount(run_group, weights=pos * (cum_neg - start_cum + 0.5 * neg), minlength=n_groups)
+    tot_pos = np.bincount(run_group, weights=pos, minlength=n_groups)
+    tot_neg = np.bincount(run_group, weights=neg, minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aucs = np.where((tot_pos > 0) & (tot_neg > 0), wins / (tot_pos * tot_neg), np.nan)
+    return aucs, tot_pos + tot_neg
+
+
+def gauc(labels, scores, groups) -> float:
+    """Group AUC: the mean of per-group AUCs weighted by group size, over groups with both classes."""
+    aucs, sizes = group_aucs(labels, scores, groups)
+    ok = ~np.isnan(aucs)
+    if not ok.any():
+        return float("nan")
+    return float(np.sum(aucs[ok] * sizes[ok]) / np.sum(sizes[ok]))
+
+
+def _dcg_by_group(gains: np.ndarray, keys: np.ndarray, g: np.ndarray, n_groups: int, k: int) -> np.ndarray:
+    """DCG@k per group when rows are ranked by `keys` descending (ties: original row order)."""
+    order = np.lexsort((np.arange(g.size), -keys, g))
+    gs = g[order]
+    start = np.r_[True, gs[1:] != gs[:-1]]
+    idx = np.arange(gs.size)
+    pos = idx - np.maximum.accumulate(np.where(start, idx, 0))
+    disc = np.where(pos < k, 1.0 / np.log2(pos + 2.0), 0.0)
+    return np.bincount(gs, weights=gains[order] * disc, minlength=n_groups)
+
+
+def ndcg_at_k(labels, scores, groups, k: int = 10) -> float:
+    """Mean NDCG@k over groups (requests) with at least one positive; binary gains, log2 discount.
+
+    Ties in `scores` keep the input row order. NaN when no group has a positive.
+    """
+    y, s = _arrays(labels, scores)
+    if y.size == 0:
+        return float("nan")
+    g = _group_codes(groups)
+    n_groups = int(g.max()) + 1
+    dcg = _dcg_by_group(y, s, g, n_groups, k)
+    ideal = _dcg_by_group(y, y, g, n_groups, k)
+    ok = ideal > 0
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(dcg[ok] / ideal[ok]))
+
+
+def calibration_bins(labels, probs, bins: int = 10) -> dict[str, list]:
+    """Equal-width probability bins: mean prediction, observed rate and row count per non-empty bin."""
+    y, p = _arrays(labels, probs)
+    b = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(b, minlength=bins)
+    pred = np.bincount(b, weights=p, minlength=bins)
+    obs = np.bincount(b, weights=y, minlength=bins)
+    ok = counts > 0
+    return {
+        "mean_pred": (pred[ok] / counts[ok]).tolist(),
+        "observed": (obs[ok] / counts[ok]).tolist(),
+        "count": counts[ok].tolist(),
+    }
+
+
+def ece(labels, probs, bins: int = 10) -> float:
+    """Expected calibration error: sum over equal-width bins of |mean pred - observed rate| * bin share."""
+    cb = calibration_bins(labels, probs, bins)
+    n = sum(cb["count"])
+    if n == 0:
+        return float("nan")
+    gaps = np.abs(np.asarray(cb["mean_pred"]) - np.asarray(cb["observed"]))
+    return float(np.sum(gaps * np.asarray(cb["count"])) / n)
+
+
+def pred_obs_ratio(labels, probs) -> float:
+    """Mean prediction / observed positive rate (1 = calibrated on average). NaN without positives."""
+    y, p = _arrays(labels, probs)
+    if y.size == 0 or y.sum() == 0:
+        return float("nan")
+    return float(p.mean() / y.mean())
+
+
+def summary(labels, probs, users, requests, fused=None, k: int = 10) -> dict[str, float | int]:
+    """All metrics of one task on one slice of rows (rows already restricted to the task's sample space)."""
+    y, p = _arrays(labels, probs)
+    out: dict[str, float | int] = {
+        "rows": int(y.size),
+        "positives": int(y.sum()),
+        "auc": auc(y, p),
+        "logloss": logloss(y, p),
+        "gauc_user": gauc(y, p, users) if y.size else float("nan"),
+        "gauc_request": gauc(y, p, requests) if y.size else float("nan"),
+        f"ndcg{k}": ndcg_at_k(y, p, requests, k),
+        "pred_obs": pred_obs_ratio(y, p),
+        "ece": ece(y, p) if y.size else float("nan"),
+    }
+    if fused is not None:
+        out[f"ndcg{k}_fused"] = ndcg_at_k(y, fused, requests, k)
+    return out
+
+
+def bootstrap_auc_diff(labels, a, b, groups, resamples: int, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """AUC(a) - AUC(b) on the same rows, with a percentile interval from resampling whole groups (requests).
+
+    Each resample draws as many groups as there are, with replacement; a row's weight is how often its group
+    was drawn. Resamples where an AUC is undefined are dropped. Returns diff, lo, hi (NaN when undefined)
+    and `resamples`, the number of resamples used.
+    """
+    y, sa = _arrays(labels, a)
+    _, sb = _arrays(labels, b)
+    diff = auc(y, sa) - auc(y, sb)
+    out = {"diff": diff, "lo": float("nan"), "hi": float("nan"), "resamples": 0}
+    if y.size == 0 or np.isnan(diff) or resamples <= 0:
+        return out
+    g = _group_codes(groups)
+    n_groups = int(g.max()) + 1
+    inv_a, na = tie_groups(sa)
+    inv_b, nb = tie_groups(sb)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        w = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[g].astype(np.float64)
+        d = auc_from_groups(inv_a, na, y, w) - auc_from_groups(inv_b, nb, y, w)
+        if not np.isnan(d):
+            diffs.append(d)
+    if diffs:
+        tail = (1.0 - level) / 2.0
+        out.update(lo=float(np.quantile(diffs, tail)), hi=float(np.quantile(diffs, 1.0 - tail)), resamples=len(diffs))
+    return out

@@ -1,0 +1,207 @@
+"""Shared layers of the model zoo: feature input, parallel MLPs (experts/towers), gates, the base model.
+
+Shapes: B = batch, C = categorical features, D = embedding dim, n = parallel members (experts or tasks),
+h = hidden width. Parallel members keep their own weights but run as one batched matmul ([n, B, h]), which
+is what makes four experts or four towers cost about one large layer instead of four small ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelConfig
+    from pipeline.dataset import InputSpec
+
+
+SPARSE_MIN_ROWS = 4096  # features with at least this many ids get the sparse table
+
+
+class FeatureInput(nn.Module):
+    """batch -> x [B, C*D + F + X*P]. Categorical features are split by vocabulary size into two tables, each
+    one lookup per batch (row offsets per feature): `embedding` for large id spaces (users, items) with sparse
+    gradients, so the optimiser touches only the batch's rows, and `small_embedding` for short vocabularies with
+    dense gradients (a sparse update there would cost more in coalescing than the whole table). The text table
+    is a frozen buffer [n_texts, text_dim], projected by a Linear to P = `text_proj_dim`."""
+
+    def __init__(self, spec: InputSpec, dim: int):
+        super().__init__()
+        card = list(spec.cardinalities)
+        big = [j for j, c in enumerate(card) if c >= SPARSE_MIN_ROWS]
+        small = [j for j, c in enumerate(card) if c < SPARSE_MIN_ROWS]
+        self.embedding, self.small_embedding = _table(card, big, dim, True), _table(card, small, dim, False)
+        for name, cols in (("big", big), ("small", small)):
+            sizes = torch.tensor([card[j] for j in cols], dtype=torch.int64)
+            self.register_buffer(f"{name}_cols", torch.tensor(cols, dtype=torch.int64), persistent=False)
+            self.register_buffer(f"{name}_offsets", torch.cumsum(sizes, 0) - sizes, persistent=False)
+        self.n_text = len(spec.text_columns)
+        if self.n_text:
+            table = spec.text_table if spec.text_table is not None else torch.zeros(spec.text_rows, spec.text_dim)
+            self.register_buffer("text_table", torch.as_tensor(table, dtype=torch.float32).clone())
+            self.text_proj = nn.Linear(spec.text_dim, spec.text_proj_dim)
+        self.out_dim = len(card) * dim + len(spec.num_names) + self.n_text * spec.text_proj_dim
+        self.last_rows: list[torch.Tensor] = []
+
+    def tables(self) -> list[nn.Embedding]:
+        return [t for t in (self.embedding, self.small_embedding) if t is not None]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cat = batch["cat"]
+        self.last_rows = []
+        for table, cols, offsets in ((self.embedding, self.big_cols, self.big_offsets),
+                                     (self.small_embedding, self.small_cols, self.small_offsets)):
+            if table is not None:
+                self.last_rows.append(table(cat.index_select(1, cols) + offsets))  # [B, C_table, D]
+        parts = [r.flatten(1) for r in self.last_rows] + [batch["num"]]
+        if self.n_text:
+            parts.append(self.text_proj(self.text_table[batch["text"]]).flatten(1))  # [B, X*P]
+        return torch.cat(parts, 1)
+
+
+def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embedding | None:
+    if not cols:
+        return None
+    table = nn.Embedding(sum(card[j] for j in cols), dim, sparse=sparse)
+    nn.init.normal_(table.weight, std=0.05)
+    return table
+
+
+class ParallelLinear(nn.Module):
+    """n independent Linear(in, out). x [B, in] (shared input) or [n, B, in] -> [n, B, out].
+    Each member is initialised like nn.Linear, independently, so experts start (and stay) different."""
+
+    def __init__(self, n: int, d_in: int, d_out: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(d_in)
+        self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, d_in, d_out = self.weight.shape
+        if x.dim() == 2:  # one matmul for all members: [B, in] @ [in, n*out]
+            w = self.weight.permute(1, 0, 2).reshape(d_in, n * d_out)
+            return (x @ w).view(x.shape[0], n, d_out).transpose(0, 1) + self.bias
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class ParallelMLP(nn.Module):
+    """n MLPs with the same widths: Linear -> ReLU -> Dropout per hidden layer. [B, in] | [n, B, in] -> [n, B, h]."""
+
+    def __init__(self, n: int, d_in: int, hidden: tuple[int, ...], dropout: float):
+        super().__init__()
+        widths = (d_in, *hidden)
+        self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in itertools.pairwise(widths))
+        self.dropout = dropout
+        self.out_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = F.dropout(F.relu(layer(x)), self.dropout, self.training)
+        return x
+
+
+class Towers(nn.Module):
+    """One tower per task: ParallelMLP then a 1-unit output. [B, in] | [T, B, in] -> logits [T, B]."""
+
+    def __init__(self, n: int, d_in: int, hidden: tuple[int, ...], dropout: float):
+        super().__init__()
+        self.mlp = ParallelMLP(n, d_in, hidden, dropout)
+        self.out = ParallelLinear(n, self.mlp.out_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mlp(x)).squeeze(-1)
+
+
+class Gates(nn.Module):
+    """n softmax gates over E experts; no BatchNorm (a normalised gate input hides which expert a row needs).
+    x [B, in] | [n, B, in] -> weights [n, B, E]. `names`: one per gate; `expert_names`: per gate, the labels of
+    the experts it mixes (the same label = the same expert). With `record` on, keeps sums for diagnostics."""
+
+    def __init__(self, n: int, d_in: int, experts: int, names: tuple[str, ...],
+                 expert_names: tuple[tuple[str, ...], ...]):
+        super().__init__()
+        self.linear = ParallelLinear(n, d_in, experts)
+        self.names, self.expert_names = names, expert_names
+        self.record = False
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.weight_sum: torch.Tensor | None = None
+        self.entropy_sum: torch.Tensor | None = None
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = softmax_last(self.linear(x))
+        if self.record:
+            with torch.no_grad():
+                ws, ent = w.float().sum(1), -(w.float() * torch.log(w.float() + 1e-12)).sum((1, 2))
+                self.weight_sum = ws if self.weight_sum is None else self.weight_sum + ws
+                self.entropy_sum = ent if self.entropy_sum is None else self.entropy_sum + ent
+                self.rows += w.shape[1]
+        return w
+
+
+def mix(gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Gate-weighted sum of experts. gates [n, B, E]; experts [E, B, h] (shared by the n gates) or
+    [n, E, B, h] (per gate) -> [n, B, h]. (Profiled on CPU: einsum's batched matmul beat a loop of E
+    multiply-adds, whose backward costs ~3x more elementwise passes.)"""
+    if experts.dim() == 4:
+        return torch.einsum("nbe,nebh->nbh", gates, experts)
+    return torch.einsum("nbe,ebh->nbh", gates, experts)
+
+
+def softmax_last(z: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last dim (the experts). torch.softmax's kernel is ~4x slower on CPU for dims of
+    2-16 than this exp/normalise, which autograd differentiates just as exactly."""
+    z = torch.exp(z - z.amax(-1, keepdim=True).detach())
+    return z / z.sum(-1, keepdim=True)
+
+
+class MultiTaskModel(nn.Module):
+    """Base of every architecture: Model(inputs, cfg, tasks); forward(batch) -> {task: logits [B]}.
+
+    Subclasses implement `build(d_in)` and `heads(x [B, d_in]) -> {task: logits [B]}`. `loss_tasks` are the tasks
+    the trainer puts a loss on (ESMM trains ctcvr even when only ctr and cvr are asked for); forward returns
+    logits for `tasks` and `loss_tasks`. `auxiliary_loss` adds an architecture's own term (AITM's calibrator)."""
+
+    def __init__(self, inputs: InputSpec, cfg: ModelConfig, tasks: tuple[str, ...]):
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.loss_tasks = self.tasks
+        self.cfg = cfg
+        self.features = FeatureInput(inputs, cfg.embedding_dim)
+        self.build(self.features.out_dim)
+
+    def build(self, d_in: int) -> None:
+        raise AssertionError("subclasses define build()")
+
+    def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise AssertionError("subclasses define heads()")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return (self._compiled or self.heads)(self.features(batch))
+
+    _compiled = None
+
+    def compile_heads(self) -> None:
+        """torch.compile the dense part only: inductor cannot trace the sparse embedding gradients."""
+        self._compiled = torch.compile(self.heads)
+
+    def auxiliary_loss(self, logits: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    def embedding_penalty(self) -> torch.Tensor:
+        """Mean over the batch of the squared L2 norm of the embedding rows used in the last forward (only the
+        rows in the batch: a penalty over the whole table would cost a full-table pass every step)."""
+        rows = self.features.last_rows
+        return sum(r.pow(2).sum() for r in rows) / rows[0].shape[0]
+
+    @property
+    def output_tasks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.tasks + self.loss_tasks))

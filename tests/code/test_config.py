@@ -1,0 +1,112 @@
+"""Config: defaults <- YAML <- overrides, validated once; the trigger form maps one-to-one onto config keys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline import params as form
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError
+
+
+def test_defaults_yaml_and_overrides_layer_in_order(tmp_path):
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("model:\n  name: ple\n  tasks: [ctr, cvr]\ntrain:\n  epochs: 5\n")
+    cfg = load_config(conf, ["train.epochs=2", "text.enabled=false"], home=tmp_path)
+    assert cfg.model.name == "ple"  # from YAML
+    assert cfg.model.tasks == ("ctr", "cvr")  # YAML list -> tuple
+    assert cfg.train.epochs == 2  # override beats YAML
+    assert cfg.text.enabled is False
+    assert cfg.data.train_days == Config().data.train_days  # untouched default
+    assert cfg.home == str(tmp_path)
+
+
+def test_config_is_frozen_and_hash_ignores_home(tmp_path):
+    a = load_config(home=tmp_path / "a")
+    b = load_config(home=tmp_path / "b")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.train.epochs = 9  # type: ignore[misc]
+    assert a.hash() == b.hash()
+    assert load_config(overrides=["train.epochs=9"], home=tmp_path).hash() != a.hash()
+
+
+def test_home_defaults_to_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MTL_HOME", str(tmp_path / "h"))
+    assert load_config().home == str(tmp_path / "h")
+    monkeypatch.delenv("MTL_HOME")
+    assert load_config().home == ".mtl"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["model.nme=ple"], "model.nme"),
+        (["nosection.x=1"], "nosection"),
+        (["train.epochs=two"], "train.epochs"),
+        (["train.epochs=1.5"], "train.epochs"),
+        (["text.enabled=maybe"], "text.enabled"),
+        (["model.name=transformer"], "model.name"),
+        (["model.tasks=[ctr, clicks]"], "clicks"),
+        (["model.tasks=[ctr, ctr]"], "duplicates"),
+        (["train.weighting=magic"], "train.weighting"),
+        (["data.test_days=0"], "data.test_days"),
+        (["model.name=single_task"], "single_task"),
+        (["train.early_stop_metric=auc:nope"], "early_stop_metric"),
+        (["model=3"], "model"),
+        (["train.epochs"], "key=value"),
+    ],
+)
+def test_bad_overrides_raise_config_error_naming_the_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+        load_config(overrides=overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_every_form_field_is_a_config_key_one_to_one():
+    flat = Config().flat()
+    names = [form.param_name(f.key) for f in form.FIELDS]
+    assert len(set(names)) == len(names)
+    for f in form.FIELDS:
+        assert f.key in flat, f.key
+        assert form.config_key(form.param_name(f.key)) == f.key
+    assert not {form.LANDING, form.OVERRIDES} & set(names)
+
+
+def test_form_values_become_the_run_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("MTL_CONFIG", raising=False)
+    values = {"model__name": "ple", "model__tasks": ["ctr", "cvr"], "train__epochs": 4, "dry_run": True,
+              "gate__max_baseline_regression": 0.02, "landing": "/somewhere",
+              "overrides": ["model.embedding_dim=32", "train.lr=0.01"]}
+    cfg = form.config_from_params(values, home=str(tmp_path))
+    assert (cfg.model.name, cfg.model.tasks, cfg.train.epochs, cfg.dry_run) == ("ple", ("ctr", "cvr"), 4, True)
+    assert cfg.gate.max_baseline_regression == 0.02
+    assert cfg.model.embedding_dim == 32 and cfg.train.lr == 0.01
+    with pytest.raises(ConfigError, match="model.tasks"):
+        form.config_from_params({"model__tasks": ["ctr", "views"]})
+    with pytest.raises(ConfigError, match="model.dimension"):
+        form.config_from_params({"overrides": ["model.dimension=3"]})
+
+
+def test_form_defaults_follow_mtl_config(monkeypatch, tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("model: {name: esmm, tasks: [ctr, cvr]}\n")
+    monkeypatch.setenv("MTL_CONFIG", str(conf))
+    p = form.airflow_params()
+    assert p["model__name"].value == "esmm"
+    assert p["model__tasks"].value == ["ctr", "cvr"]
+    assert p["model__name"].schema["enum"] == list(form.MODEL_NAMES)
+    assert p["train__epochs"].schema["type"] == "integer" and p["dry_run"].schema["type"] == "boolean"
+    assert all(p[n].schema.get("title") and p[n].description for n in p)

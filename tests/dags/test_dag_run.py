@@ -1,0 +1,103 @@
+"""Whole DAG runs through `dag.test()` on the real Airflow, real stages and a real MLflow SQLite registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from e2e_helpers import LAST_DATE, LOGICAL, REPO, break_funnel, copy_landing, tree_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["mtl_retrain"]
+
+
+def _states(dr) -> dict[str, str]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {(ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state)
+                for ti in dr.get_task_instances(session=session)}
+
+
+def _asset_events(name: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(
+            AssetModel.name == name).order_by(AssetEvent.timestamp)
+        return [dict(e.extra or {}) for e in session.scalars(query)]
+
+
+def _conf(landing, fast_overrides, **extra) -> dict:
+    # The gate is not under test here (a 1-epoch model may trail a baseline); the champion must exist.
+    return {"landing": str(landing), "text__enabled": False, "train__epochs": 1, "overrides": fast_overrides,
+            "gate__max_baseline_regression": 1.0, **extra}
+
+
+def test_dag_run_ends_with_a_champion_that_loads_and_scores(airflow_db, tiny_landing, tmp_home, fast_overrides):
+    dr = _dag().test(logical_date=LOGICAL, run_conf=_conf(tiny_landing, fast_overrides))
+    states = _states(dr)
+    assert str(dr.state) == "success", states
+    assert {s for s in states.values()} == {"success"}, states
+    assert sum(k.startswith("train_baseline[") for k in states) == 4
+    assert not list((tmp_home / "locks").glob("*.lock")), "the run lock was not released"
+    events = _asset_events("mtl_lake_impressions")
+    assert events and LAST_DATE in events[-1]["published"], events
+
+
+    import mlflow
+    import polars as pl
+
+    from pipeline.score import read_landing_day
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_home / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/ecommerce-mtl@champion")
+    raw = read_landing_day(tiny_landing, LAST_DATE)
+    out = pl.from_pandas(model.predict(raw.to_pandas()))
+    assert out.height == raw.height and out["event_id"].to_list() == raw["event_id"].to_list()
+    for task in ("ctr", "cart", "ctcvr", "cvr"):
+        col = out[f"p_{task}"]
+        assert col.null_count() == 0 and col.min() >= 0.0 and col.max() <= 1.0
+
+
+def test_bad_day_fails_fast_without_retries_and_changes_nothing(airflow_db, tiny_landing, tmp_home, tmp_path,
+                                                                fast_overrides):
+    landing = copy_landing(tiny_landing, tmp_path / "landing")
+    bad_ids = break_funnel(landing, LAST_DATE)
+    dr = _dag().test(logical_date=LOGICAL, run_conf=_conf(landing, fast_overrides))
+    states = _states(dr)
+    assert str(dr.state) == "failed"
+    assert states["validate"] == "failed" and states["features"] == "upstream_failed", states
+    assert states["register"] == "upstream_failed" and states["release_lock"] == "success", states
+    summary = json.loads((tmp_home / "runs" / LAST_DATE / "run_summary.json").read_text())
+    assert summary["failed_task"] == "validate" and summary["try_number"] == 1
+    assert "purchased" in summary["error"] and "DataValidationError" in summary["error"]
+    assert any(i in summary["error"] for i in bad_ids), summary["error"]
+    assert tree_bytes(tmp_home / "lake") == {}
+    assert not (tmp_home / "mlflow.db").exists() or _versions(tmp_home) == []
+    assert not list((tmp_home / "locks").glob("*.lock"))
+
+
+def _versions(home) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    return [v.version for v in client.search_model_versions("name='ecommerce-mtl'")]
+
+
+def test_bad_params_fail_before_any_work(airflow_db, tiny_landing, tmp_home, fast_overrides):
+    dr = _dag().test(logical_date=LOGICAL, run_conf=_conf(tiny_landing, fast_overrides,
+                                                          model__tasks=["ctr", "views"]))
+    states = _states(dr)
+    assert str(dr.state) == "failed" and states["check_config"] == "failed", states
+    assert states["ingest"] == "upstream_failed"
+    assert not (tmp_home / "lake").exists() and not (tmp_home / "locks").exists()

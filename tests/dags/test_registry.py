@@ -1,0 +1,239 @@
+"""register/promote/rollback on a real MLflow SQLite store, over real tiny runs of the last two days."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import metrics
+from pipeline.config import load_config
+
+DATE, PREVIOUS = "2026-01-10", "2026-01-09"  # the last two days of tiny_landing
+NAME = "ecommerce-mtl"
+# The gate is tested in tests/code/test_gate.py; here it is opened wide or shut tight on purpose.
+OPEN = ["gate.max_baseline_regression=1.0", "gate.min_champion_delta=-1.0"]
+SHUT = ["gate.max_baseline_regression=1.0", "gate.min_champion_delta=0.5"]
+
+pytestmark = pytest.mark.slow
+
+
+def trained_home(tmp_path_factory, landing: Path, fast: tuple[str, ...]) -> Path:
+    """Dry runs (no registry) for the last two days, once per test session, shared on disk by the evaluation,
+    registry and serving tests (the same builder is in tests/model/test_evaluate.py: keep them identical)."""
+    from pipeline.run import run_all
+
+    root = tmp_path_factory.getbasetemp() / "p4-trained"
+    if not (root / "done").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        cfg = load_config(overrides=[*fast, "dry_run=true"], home=root / "home")
+        for day in (PREVIOUS, DATE):
+            run_all(cfg, landing, day)
+        (root / "done").touch()
+    return root / "home"
+
+
+@pytest.fixture
+def home(tmp_path, tmp_path_factory, tiny_landing, fast_overrides_session) -> Path:
+    """A private copy of the trained home, with an empty registry."""
+    dst = tmp_path / "home"
+    shutil.copytree(trained_home(tmp_path_factory, tiny_landing, fast_overrides_session), dst)
+    return dst
+
+
+def config(home: Path, fast, *extra: str):
+    return load_config(overrides=[*fast, *extra], home=home)
+
+
+def client(home: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    return MlflowClient(uri, uri)
+
+
+def aliases(home: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in client(home).get_registered_model(NAME).aliases.items()}
+
+
+def test_gate_aliases_reruns_and_hand_moves(home, fast_overrides_session):
+    from pipeline.registry import promote, register, rollback
+
+    fast = fast_overrides_session
+    first = register(config(home, fast, *OPEN), run_id=PREVIOUS)
+    assert (first["version"], first["champion"], first["gate"]) == (1, True, "passed")
+    assert aliases(home) == {"champion": 1, "challenger": 1}
+    saved = json.loads((home / "runs" / PREVIOUS / "registration.json").read_text())
+    assert saved["version"] == 1 and saved["champion"] is True
+
+    # Next day, a gate it cannot pass: registered as challenger, champion stays.
+    second = register(config(home, fast, *SHUT), run_id=DATE)
+    assert (second["version"], second["champion"], second["gate"]) == (2, False, "failed")
+    assert aliases(home) == {"champion": 1, "challenger": 2}
+    assert any("champion" in r and "FAIL" in r for r in second["reasons"])
+    report = json.loads((home / "runs" / DATE / "evaluation.json").read_text())
+    assert report["comparison"]["champion"]["version"] == 1  # re-scored: the champion moved since evaluation
+    champ = pl.read_parquet(home / "runs" / DATE / report["predictions"]["champion"])
+    assert report["comparison"]["tasks"]["ctr"]["champion"] == pytest.approx(
+        metrics.auc(champ["clicked"].to_numpy(), champ["p_ctr"].to_numpy()), abs=1e-12)
+
+    # A rerun of the same date that passes moves the champion: version 2 never did.
+    third = register(config(home, fast, *OPEN), run_id=DATE)
+    assert (third["version"], third["champion"], third["rerun_of"]) == (3, True, 2)
+    assert aliases(home) == {"champion": 3, "challenger": 3}
+    # ... but a second rerun does not move it again.
+    fourth = register(config(home, fast, *OPEN), run_id=DATE)
+    assert (fourth["version"], fourth["champion"], fourth["gate"]) == (4, False, "passed")
+    assert aliases(home) == {"champion": 3, "challenger": 4}
+    assert any("rerun" in r for r in fourth["reasons"])
+
+    tags = client(home).get_model_version(NAME, "4").tags
+    assert tags["rerun_of"] == "2" and tags["gate"] == "passed" and tags["data_date"] == DATE
+    assert "rerun" in tags["gate_reasons"] and tags["config_hash"]
+
+    cfg = config(home, fast)
+    moved = promote(cfg, 2, why="hand check", who="tester")
+    assert (moved["champion"], moved["previous"]) == (2, 3) and aliases(home)["champion"] == 2
+    assert client(home).get_model_version(NAME, "2").tags["promoted_by"] == "tester"
+    back = rollback(cfg, why="bad numbers", who="tester")
+    assert back["champion"] == 3 and aliases(home)["champion"] == 3
+    assert client(home).get_model_version(NAME, "3").tags["rolled_back_why"] == "bad numbers"
+    from pipeline.errors import RegistryError
+
+    with pytest.raises(RegistryError, match="no version 99"):
+        promote(cfg, 99, why="typo")
+
+
+def test_version_is_worth_browsing(home, fast_overrides_session):
+    """Model card, plots, report, Data Docs, signature and input example are all on the version."""
+    import mlflow
+
+    from pipeline.registry import register
+
+    out = register(config(home, fast_overrides_session, *OPEN), run_id=DATE)
+    c = client(home)
+    version = c.get_model_version(NAME, str(out["version"]))
+    card = version.description
+    for part in ("# ecommerce-mtl version 1", "## Data", "## Test metrics", "| ctr |", "## Gate", "## Lineage",
+                 "dt=2026-01-10", "config hash", "first version"):
+        assert part in card, part
+    files = {a.path for a in c.list_artifacts(out["mlflow_run_id"])}
+    plots = {a.path for a in c.list_artifacts(out["mlflow_run_id"], "plots")}
+    assert {"evaluation.json", "plots", "validation"} <= files
+    assert {"plots/roc.png", "plots/calibration.png", "plots/auc_bars.png", "plots/loss_curves.png"} <= plots
+    run = c.get_run(out["mlflow_run_id"])
+    assert run.data.params["model.name"] == "mmoe" and "mtl.ctr.auc" in run.data.metrics
+    info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
+    names = [col.name for col in info.signature.inputs.inputs]
+    assert {"event_id", "request_id", "ts", "user_id", "item_id", "surface", "position"} <= set(names)
+    assert [col.name for col in info.signature.outputs.inputs] == ["event_id", "p_ctr", "p_cart", "p_ctcvr",
+                                                                   "p_cvr", "score"]
+    # The version carries its own copy of the code, so it still loads after the code base moves on.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(home / "dl")))
+    assert info.flavors["python_function"]["code"] == "code"
+    assert (local / "code" / "pipeline" / "serving.py").is_file()
+    assert not list((local / "code").rglob("__pycache__"))
+    assert (local / "artifacts" / "bundle" / "features" / "state").is_dir()
+    assert not list(local.rglob("*.pkl"))  # built from code on load: no pickle to trust
+
+
+def test_pyfunc_scores_raw_rows_like_the_trainer(home, fast_overrides_session):
+    """Serving rebuilds features from raw rows with its bundle: same probabilities as evaluation's."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.evaluate import raw_test_rows
+    from pipeline.registry import register
+
+    cfg = config(home, fast_overrides_session, *OPEN)
+    register(cfg, run_id=DATE)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    saved = pl.read_parquet(home / "runs" / DATE / "predictions" / "mtl.parquet")
+    raw = raw_test_rows(cfg, [DATE], saved)
+    out = model.predict(raw.to_pandas())
+    assert list(out.columns) == ["event_id", "p_ctr", "p_cart", "p_ctcvr", "p_cvr", "score"]
+    assert out["event_id"].tolist() == saved["event_id"].to_list()
+    for task in ("ctr", "cart", "ctcvr", "cvr"):
+        assert np.allclose(out[f"p_{task}"].to_numpy(), saved[f"p_{task}"].to_numpy(), atol=1e-5)
+    # Impressions alone: users and items come from the snapshots in the bundle.
+    bare = raw.select(["event_id", "request_id", "ts", "user_id", "item_id", "surface", "query", "position"])
+    again = model.predict(bare.head(50).to_pandas())
+    assert np.allclose(again["p_ctr"].to_numpy(), out["p_ctr"].to_numpy()[:50], atol=1e-5)
+    # Cold start: unknown users and items fall to the reserved index, they still get scores.
+    cold = bare.head(5).with_columns(pl.lit("new-user").alias("user_id"), pl.lit("new-item").alias("item_id"))
+    probs = model.predict(cold.to_pandas())[["p_ctr", "p_cvr", "score"]].to_numpy()
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+    bad = bare.head(3).with_columns(pl.Series("surface", ["recommend", "shop", "ad"]))
+    with pytest.raises(MlflowException, match=r"surface.*row 1") as err:
+        model.predict(bad.to_pandas())
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    mixed = bare.head(2).to_pandas()
+    mixed["position"] = mixed["position"].astype(object)
+    mixed.loc[1, "position"] = "second"
+    with pytest.raises(MlflowException, match="position") as err:
+        model.predict(mixed)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    late = bare.head(2).with_columns(pl.Series("ts", ["2026-01-10T08:00:00Z", "not a time"]))
+    with pytest.raises(MlflowException, match=r"ts.*not convertible.*row 1"):
+        model.predict(late.to_pandas())
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_loses_nothing_and_registers_later(home, fast_overrides_session):
+    from pipeline.errors import RegistryError
+    from pipeline.registry import register
+
+    run_dir = home / "runs" / DATE
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.json")}
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    down = config(home, fast_overrides_session, f"registry.tracking_uri={uri}", "registry.connect_retries=2",
+                  "registry.retry_wait_s=0.05")
+    with pytest.raises(RegistryError, match=uri.replace(".", r"\.")):
+        register(down, run_id=DATE)
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.json")} == before
+    assert not (run_dir / "registration.json").exists()
+    assert client(home).search_registered_models() == []
+
+    later = register(config(home, fast_overrides_session, *OPEN), run_dir=run_dir)
+    assert later["version"] == 1 and later["run_id"] == DATE and later["champion"] is True
+    assert aliases(home) == {"champion": 1, "challenger": 1}
+
+
+def test_incomplete_run_folder_is_refused_before_mlflow_is_touched(home, fast_overrides_session):
+    from pipeline.errors import RegistryError
+    from pipeline.registry import register
+
+    shutil.rmtree(home / "runs" / DATE / "models" / "mtl")
+    with pytest.raises(RegistryError, match=r"missing .*models/mtl/meta\.json"):
+        register(config(home, fast_overrides_session, *OPEN), run_id=DATE)
+    assert client(home).search_registered_models() == []
+    assert client(home).search_runs([e.experiment_id for e in client(home).search_experiments()]) == []
+    with pytest.raises(RegistryError, match="evaluation.json is missing"):
+        register(config(home, fast_overrides_session), run_dir=home / "runs" / "nothing-here")
+
+
+def test_a_champion_that_cannot_be_rescored_blocks_the_gate(home, fast_overrides_session):
+    """Its artifacts are gone: evaluation still reports the run, the gate fails saying why, nothing moves."""
+    from pipeline.evaluate import evaluate
+    from pipeline.registry import register
+
+    cfg = config(home, fast_overrides_session, *OPEN)
+    assert register(cfg, run_id=PREVIOUS)["champion"] is True
+    shutil.rmtree(home / "mlartifacts" / "models")  # the logged model's files
+    report = json.loads(Path(evaluate(cfg, DATE)["report"]).read_text())
+    assert "cannot load model" in report["comparison"]["champion_error"]
+    assert report["models"]["mtl"]["ctr"]["overall"]["rows"] > 0 and "champion" not in report["models"]
+    assert report["gate"]["passed"] is False and "could not be re-scored" in report["gate"]["reasons"][0]
+    out = register(cfg, run_id=DATE)
+    assert (out["gate"], out["champion"]) == ("failed", False)
+    assert aliases(home) == {"champion": 1, "challenger": 2}

@@ -1,0 +1,146 @@
+"""Serving the registered champion: batch scoring of a landing day, and a real `mlflow models serve` over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from test_registry import DATE, OPEN, config, trained_home
+
+pytestmark = pytest.mark.slow
+MODEL = "models:/ecommerce-mtl@champion"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_landing, fast_overrides_session):
+    """A home whose registry holds one champion (the run of DATE); returns (cfg, home)."""
+    import shutil
+
+    from pipeline.registry import register
+
+    home = tmp_path_factory.mktemp("serving") / "home"
+    shutil.copytree(trained_home(tmp_path_factory, tiny_landing, fast_overrides_session), home)
+    cfg = config(home, fast_overrides_session, *OPEN)
+    assert register(cfg, run_id=DATE)["champion"] is True
+    return cfg, home
+
+
+def test_score_a_landing_day(served, tiny_landing, tmp_path):
+    from pipeline.errors import IngestError, RegistryError
+    from pipeline.score import score
+
+    cfg, _ = served
+    out = tmp_path / "scores.parquet"
+    result = score(cfg, MODEL, tiny_landing, DATE, out)
+    frame = pl.read_parquet(out)
+    day = pl.read_parquet(sorted((tiny_landing / "impressions" / f"dt={DATE}").glob("*.parquet")))
+    assert result == {"out": str(out), "rows": day.height}
+    assert frame.columns == ["event_id", "p_ctr", "p_cart", "p_ctcvr", "p_cvr", "score"]
+    assert sorted(frame["event_id"].to_list()) == sorted(day["event_id"].to_list())
+    probs = frame.select(["p_ctr", "p_cart", "p_ctcvr", "p_cvr"]).to_numpy()
+    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
+    assert np.allclose(frame["score"].to_numpy(), frame["p_ctr"].to_numpy() * frame["p_cvr"].to_numpy())
+    with pytest.raises(RegistryError, match="nope"):
+        score(cfg, "models:/nope@champion", tiny_landing, DATE, tmp_path / "x.parquet")
+    with pytest.raises(IngestError, match="landing day not found"):
+        score(cfg, MODEL, tiny_landing, "2030-01-01", tmp_path / "y.parquet")
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "y.parquet").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _wait_up(proc: subprocess.Popen, url: str, log: Path, limit: float = 180.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"server not up after {limit}s:\n{log.read_text()[-3000:]}")
+
+
+def _records(tiny_landing: Path, n: int) -> list[dict]:
+    """Raw impressions of DATE as JSON records (what a caller sends): ts as ISO text, no labels."""
+    rows = pl.read_parquet(sorted((tiny_landing / "impressions" / f"dt={DATE}").glob("*.parquet"))).head(n)
+    rows = rows.drop(["clicked", "carted", "purchased"]).with_columns(
+        pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    return rows.to_dicts()
+
+
+def test_mlflow_models_serve_answers_and_rejects_bad_rows(served, tiny_landing, tmp_path):
+    _, home = served
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home.resolve() / 'mlflow.db'}",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = tmp_path / "serve.log"
+    mlflow_bin = str(bin_dir / "mlflow")
+    cmd = [mlflow_bin, "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
+           "-p", str(port), "-w", "1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_up(proc, url, log)
+        records = _records(tiny_landing, 20)
+        status, body = _post(url + "/invocations", {"dataframe_records": records})
+        assert status == 200, body
+        preds = json.loads(body)["predictions"]
+        assert [p["event_id"] for p in preds] == [r["event_id"] for r in records]
+        for p in preds:
+            assert set(p) == {"event_id", "p_ctr", "p_cart", "p_ctcvr", "p_cvr", "score"}
+            assert all(0.0 <= p[f"p_{t}"] <= 1.0 for t in ("ctr", "cart", "ctcvr", "cvr"))
+            assert p["score"] == pytest.approx(p["p_ctr"] * p["p_cvr"], rel=1e-9)
+
+        bad = [dict(r) for r in records[:3]]
+        bad[1]["surface"] = "shop"
+        status, body = _post(url + "/invocations", {"dataframe_records": bad})
+        assert status == 400, body
+        assert "surface" in body and "row 1" in body and "Traceback" not in body
+        missing = [{k: v for k, v in r.items() if k != "item_id"} for r in records[:2]]
+        status, body = _post(url + "/invocations", {"dataframe_records": missing})
+        assert status == 400 and "item_id" in body and "Traceback" not in body, body
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (mlflow -> uvicorn -> workers), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

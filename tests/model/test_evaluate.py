@@ -1,0 +1,123 @@
+"""evaluate() on a real tiny run (ingest -> validate -> features -> train MTL + baselines): the report agrees
+with the saved predictions, each task uses its sample space, undefined metrics are null."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import metrics
+from pipeline.config import load_config
+from pipeline.schema import SURFACES, TASKS
+
+DATE, PREVIOUS = "2026-01-10", "2026-01-09"  # the last two days of tiny_landing
+
+
+def trained_home(tmp_path_factory, landing: Path, fast: tuple[str, ...]) -> Path:
+    """Dry runs (no registry) for the last two days, once per test session, shared on disk by the evaluation,
+    registry and serving tests (the same builder is in tests/dags/test_registry.py: keep them identical)."""
+    from pipeline.run import run_all
+
+    root = tmp_path_factory.getbasetemp() / "p4-trained"
+    if not (root / "done").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        cfg = load_config(overrides=[*fast, "dry_run=true"], home=root / "home")
+        for day in (PREVIOUS, DATE):
+            run_all(cfg, landing, day)
+        (root / "done").touch()
+    return root / "home"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_landing, fast_overrides_session):
+    home = tmp_path_factory.mktemp("evaluate") / "home"
+    shutil.copytree(trained_home(tmp_path_factory, tiny_landing, fast_overrides_session), home)
+    cfg = load_config(overrides=list(fast_overrides_session), home=home)
+    from pipeline.evaluate import evaluate
+
+    out = evaluate(cfg, DATE)
+    return cfg, home / "runs" / DATE, json.loads(Path(out["report"]).read_text())
+
+
+def test_report_covers_mtl_and_each_baseline(evaluated):
+    report = evaluated[2]
+    assert report["tasks"] == ["ctr", "cart", "ctcvr", "cvr"]
+    assert set(report["models"]) == {"mtl"} | {f"baseline_{t}" for t in report["tasks"]}
+    for t in report["tasks"]:
+        assert list(report["models"][f"baseline_{t}"]) == [t]
+        assert set(report["models"]["mtl"][t]["by_surface"]) == set(SURFACES)
+    assert report["comparison"]["champion"] is None  # nothing registered in this home
+    assert set(report["gate"]) == {"passed", "reasons"}
+    assert report["test"]["dates"] == [DATE]
+
+
+def test_report_matches_saved_predictions_on_each_sample_space(evaluated):
+    _, run_dir, report = evaluated
+    test = pl.read_parquet(run_dir / "features" / "test.parquet")
+    preds = pl.read_parquet(run_dir / report["predictions"]["mtl"])
+    assert preds["event_id"].to_list() == test["event_id"].to_list()
+    for task in report["tasks"]:
+        spec = TASKS[task]
+        rows = preds.filter(pl.col(spec.given) == 1) if spec.given else preds
+        overall = report["models"]["mtl"][task]["overall"]
+        assert overall["rows"] == rows.height
+        assert overall["positives"] == int(rows[spec.label].sum())
+        p = rows[f"p_{task}"].to_numpy()
+        assert ((p >= 0) & (p <= 1)).all()
+        ref = metrics.auc(rows[spec.label].to_numpy(), p)
+        assert overall["auc"] == pytest.approx(ref, abs=1e-12)
+        assert report["comparison"]["tasks"][task]["mtl"] == pytest.approx(ref, abs=1e-12)
+        base = pl.read_parquet(run_dir / report["predictions"][f"baseline_{task}"])
+        base = base.filter(pl.col(spec.given) == 1) if spec.given else base
+        ref_b = metrics.auc(base[spec.label].to_numpy(), base[f"p_{task}"].to_numpy())
+        assert report["comparison"]["tasks"][task]["baseline"] == pytest.approx(ref_b, abs=1e-12)
+    cvr_rows = report["models"]["mtl"]["cvr"]["overall"]["rows"]
+    assert cvr_rows == int(test["clicked"].sum()) < test.height
+
+
+def test_fused_score_follows_the_exponents(evaluated):
+    _, run_dir, report = evaluated
+    preds = pl.read_parquet(run_dir / report["predictions"]["mtl"])
+    expected = preds["p_ctr"].to_numpy() * preds["p_cvr"].to_numpy()  # default: ctr^1 * cvr^1 * price^0
+    assert np.allclose(preds["score"].to_numpy(), expected, rtol=1e-9)
+    assert report["score_formula"] == "p_ctr^1 * p_cvr^1"
+
+
+def test_a_test_day_without_clicks_reports_null_not_half(evaluated):
+    """Zero clicks: every task's AUC is undefined; the report says null and the gate fails, no crash."""
+    cfg, run_dir, _ = evaluated
+    zero = run_dir.parent / "no-clicks"
+    shutil.copytree(run_dir, zero)
+    test = pl.read_parquet(zero / "features" / "test.parquet")
+    test.with_columns([pl.lit(0, pl.Int8).alias(c) for c in ("clicked", "carted", "purchased")]).write_parquet(
+        zero / "features" / "test.parquet")
+    from pipeline.evaluate import evaluate
+
+    report = json.loads(Path(evaluate(cfg, "no-clicks")["report"]).read_text())
+    for task in report["tasks"]:
+        overall = report["models"]["mtl"][task]["overall"]
+        assert overall["auc"] is None and overall["gauc_user"] is None and overall["ndcg10"] is None
+        assert report["comparison"]["tasks"][task]["mtl"] is None
+    assert report["models"]["mtl"]["cvr"]["overall"]["rows"] == 0
+    assert report["models"]["mtl"]["ctr"]["overall"]["logloss"] is not None  # defined on all-negative rows
+    assert report["gate"]["passed"] is False
+    assert any("undefined" in r for r in report["gate"]["reasons"])
+
+
+def test_missing_model_is_a_named_error(evaluated, tmp_path):
+    cfg, run_dir, _ = evaluated
+    from pipeline.errors import MTLError
+    from pipeline.evaluate import evaluate
+
+    broken = run_dir.parent / "no-model"
+    shutil.copytree(run_dir, broken)
+    shutil.rmtree(broken / "models" / "mtl")
+    before = (broken / "evaluation.json").read_bytes()
+    with pytest.raises(MTLError, match="no trained MTL model"):
+        evaluate(cfg, "no-model")
+    assert (broken / "evaluation.json").read_bytes() == before  # the earlier report is kept whole

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,20 +16,51 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+STALE_TMP_S = 3600.0  # a temporary older than this belongs to a writer that died, not to one still running
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover(path: str | os.PathLike) -> None:
+    """Finish a folder swap that a killed writer left half done, and drop dead writers' temporaries.
+
+    The swap is two renames (old aside, new in). A kill between them leaves only the aside copy: put it
+    back. A kill after both leaves a stale aside copy: delete it.
+    """
+    path = Path(path)
+    aside = _aside(path)
+    if aside.exists():
+        if path.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, path)
+    if path.parent.is_dir():
+        now = time.time()
+        for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > STALE_TMP_S:
+                    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on success rename it over `path` (file or folder).
 
-    On error the temporary is removed and `path` is untouched. Replacing an existing folder renames the
-    old one aside first, so the swap leaves no moment without either version for more than one rename.
+    On error the temporary is removed and `path` is untouched. A file is replaced by one atomic rename. A
+    folder cannot be renamed over a non-empty folder, so the old one goes aside first (`.<name>.old`); a
+    writer killed between the two renames is repaired by `recover()`, which every later write to the same
+    path runs first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
-            old = _tmp_sibling(path)
+            old = _aside(path)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

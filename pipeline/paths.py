@@ -56,6 +56,10 @@ class Layout:
         root = self.lake / "impressions"
         if not root.is_dir():
             return []
+        from pipeline.io import recover
+
+        for aside in root.glob(".dt=*.old"):  # a publish killed mid-swap: put the day back before listing
+            recover(root / aside.name[1:-4])
         return sorted(parse_date(p.name[3:]) for p in root.iterdir() if p.is_dir() and p.name.startswith("dt="))
 
     def run_dir(self, run_id: str) -> Path:

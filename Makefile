@@ -51,12 +51,13 @@ test: venv
 
 # Airflow's own UI on loopback, this project's DAGs, few worker processes (STACK 8, 21).
 airflow-ui: venv
-	mkdir -p $(HOME_ABS)/airflow
-	$(AIRFLOW_ENV) airflow db migrate >/dev/null
-	$(AIRFLOW_ENV) airflow pools set gpu 1 "training tasks take turns" >/dev/null
-	$(AIRFLOW_ENV) AIRFLOW__API_AUTH__JWT_SECRET=$${AIRFLOW__API_AUTH__JWT_SECRET:-$$(cat $(HOME_ABS)/airflow/.jwt 2>/dev/null || \
-		($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' | tee $(HOME_ABS)/airflow/.jwt))} \
-		airflow standalone
+	@mkdir -p $(HOME_ABS)/airflow
+	@$(AIRFLOW_ENV) airflow db migrate >/dev/null
+	@$(AIRFLOW_ENV) airflow pools set gpu 1 "training tasks take turns" >/dev/null
+	@test -s $(HOME_ABS)/airflow/jwt_secret || \
+		$(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' > $(HOME_ABS)/airflow/jwt_secret
+	@echo "== http://127.0.0.1:8080  user admin, password: $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated"
+	$(AIRFLOW_ENV) AIRFLOW__API_AUTH__JWT_SECRET=$$(cat $(HOME_ABS)/airflow/jwt_secret) airflow standalone
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(HOME_ABS)/mlflow.db \

@@ -12,6 +12,11 @@ Adam lr 1e-3, 1 epoch, 2 torch threads, categorical features user_id, item_id, c
 position, age_bucket, gender, city_tier plus log price only; no dropout, no weight decay, no embedding L2.
 
     .venv/bin/python bench/train_bench.py --peer-config --models mmoe,ple
+    .venv/bin/python bench/train_bench.py --peer-config --models mmoe --rechub /tmp/peer/bin/python
+
+--rechub runs torch-rechub 0.9 (MMOE, PLE, ESMM with its DataLoader and MTLTrainer) on the same features for a
+side-by-side figure; install it apart from the project, e.g. `python -m venv /tmp/peer` plus a .pth line pointing
+at this venv's site-packages, then `/tmp/peer/bin/pip install --no-deps torch-rechub==0.9.0`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ARCHS = ("shared_bottom", "omoe", "mmoe", "ple", "esmm", "aitm")
 PEER_CATS = ("user_id", "item_id", "category", "brand", "shop_id", "surface", "position", "age_bucket", "gender",
@@ -70,7 +77,7 @@ def peer_spec(spec: dict) -> dict:
             "numeric": [n for n in spec["numeric"] if n == "num__log_price"], "text": {"enabled": False}}
 
 
-def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str]) -> dict:
+def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str], threads: int) -> dict:
     """Train `name` for one epoch in this process -> the JSON row."""
     import torch
 
@@ -80,7 +87,7 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str]) -> dict:
     from pipeline.train import predict
 
     cfg = load_config(None, (PEER if peer else []) + [f"model.name={name}"] + overrides, home=run_dir.parent.parent)
-    torch.set_num_threads(cfg.train.threads or 2)
+    torch.set_num_threads(threads or cfg.train.threads or 2)
     torch.manual_seed(cfg.train.seed)
     spec = dataset.read_spec(run_dir)
     spec = peer_spec(spec) if peer else {**spec, "text": {"enabled": False}}
@@ -89,10 +96,10 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str]) -> dict:
     train = dataset.load_split(run_dir, "train", model.output_tasks, spec)
     test = dataset.load_split(run_dir, "test", model.output_tasks, spec)
     s = trainer.make_setup(model, train, cfg.train, cfg.train.weighting, torch.device("cpu"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for epoch in range(1, cfg.train.epochs + 1):
         trainer.train_epoch(s, train, cfg.train, epoch, name)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     probs = predict(model, test)
     aucs = {}
     for j, t in enumerate(model.tasks):
@@ -100,9 +107,69 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str]) -> dict:
         m = test.mask[:, k] > 0
         aucs[t] = round(auc(test.labels[m, k].numpy(), probs[m.numpy(), j]), 4)
     return {"model": name, "samples_per_s": round(len(train) * cfg.train.epochs / seconds),
+            "samples_per_cpu_s": round(len(train) * cfg.train.epochs / cpu),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "auc": aucs, "train_rows": len(train), "epochs": cfg.train.epochs, "seconds": round(seconds, 1),
-            "threads": torch.get_num_threads(), "peer_config": peer}
+            "threads": torch.get_num_threads(), "precision": cfg.train.precision, "peer_config": peer}
+
+
+RECHUB_LABELS = {"mmoe": ("clicked", "carted", "purchased", "purchased"),
+                 "ple": ("clicked", "carted", "purchased", "purchased"),
+                 "esmm": ("purchased", "clicked", "purchased")}  # rechub ESMM outputs [cvr, ctr, ctcvr]
+RECHUB_TASKS = {"mmoe": ("ctr", "cart", "ctcvr", "cvr"), "ple": ("ctr", "cart", "ctcvr", "cvr"),
+                "esmm": ("cvr", "ctr", "ctcvr")}
+
+
+def run_rechub(name: str, run_dir: Path, threads: int) -> dict:
+    """torch-rechub 0.9's own model, Dataset/DataLoader and MTLTrainer.train_one_epoch on the same peer-config
+    features (run in a separate interpreter that has torch-rechub; it is not a project dependency). Adam lr 1e-3
+    without their default weight decay (that would add a pass over every embedding row each step)."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the peer interpreter lacks the editable install
+    import polars as pl
+    import torch
+    from torch_rechub.basic.features import DenseFeature, SparseFeature
+    from torch_rechub.models.multi_task import ESMM, MMOE, PLE
+    from torch_rechub.trainers import MTLTrainer
+    from torch_rechub.utils.data import DataGenerator
+
+    from pipeline.dataset import read_spec
+    from pipeline.metrics import auc
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    spec = peer_spec(read_spec(run_dir))
+    cats = [SparseFeature(c["name"], c["cardinality"], embed_dim=16) for c in spec["categorical"]]
+    frames = {s: pl.read_parquet(run_dir / "features" / f"{s}.parquet") for s in ("train", "valid", "test")}
+
+    def xy(df):
+        x = {c["name"]: df[c["column"]].to_numpy().astype("int64") for c in spec["categorical"]}
+        x["log_price"] = df["num__log_price"].to_numpy()
+        return x, np.stack([df[c].to_numpy() for c in RECHUB_LABELS[name]], 1).astype("float32")
+
+    (xt, yt), (xv, yv), (xs, ys) = (xy(frames[s]) for s in ("train", "valid", "test"))
+    tasks = ["classification"] * len(RECHUB_TASKS[name])
+    expert, towers = {"dims": [64]}, [{"dims": [32]}] * len(tasks)
+    model = {"mmoe": lambda: MMOE(cats + [DenseFeature("log_price")], tasks, 4, expert, towers),
+             "ple": lambda: PLE(cats + [DenseFeature("log_price")], tasks, 2, 1, 2, expert, towers),
+             "esmm": lambda: ESMM(cats[:1] + cats[6:], cats[1:6], {"dims": [64, 32]}, {"dims": [64, 32]})}[name]()
+    train_dl, _, test_dl = DataGenerator(xt, yt).generate_dataloader(xv, yv, xs, ys, batch_size=2048)
+    trainer = MTLTrainer(model, tasks, optimizer_params={"lr": 1e-3, "weight_decay": 0.0}, n_epoch=1,
+                         device="cpu", model_path=tempfile.mkdtemp())
+    t0, c0 = time.perf_counter(), time.process_time()
+    trainer.train_one_epoch(train_dl)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    probs = np.asarray(trainer.predict(model, [x for x, _ in test_dl]))
+    test = frames["test"]
+    aucs = {}
+    for j, t in enumerate(RECHUB_TASKS[name]):
+        rows = test["clicked"].to_numpy() == 1 if t == "cvr" else np.ones(test.height, bool)
+        aucs[t] = round(auc(ys[rows, j], probs[rows, j]), 4)
+    return {"model": f"rechub-{name}", "samples_per_s": round(len(yt) / seconds),
+            "samples_per_cpu_s": round(len(yt) / cpu),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "auc": aucs,
+            "train_rows": len(yt), "seconds": round(seconds, 1), "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,18 +179,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peer-config", action="store_true", help="the peers' exact configuration (see above)")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("MTL_BENCH_DIR", ".mtl/bench")))
     p.add_argument("--set", action="append", default=[], dest="overrides", help="extra key=value overrides")
+    p.add_argument("--rechub", metavar="PYTHON", help="also run torch-rechub 0.9's mmoe/ple/esmm side by side with "
+                   "this interpreter (one that has torch-rechub installed; needs --peer-config)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: the config's, 2 in peer config); "
+                   "with 1, samples_per_cpu_s is a load-independent figure on a shared machine")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--one-rechub", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one:
-        print(json.dumps(run_one(args.one, args.run_dir, args.peer_config, args.overrides)), flush=True)
+    if args.one or args.one_rechub:
+        row = run_rechub(args.one_rechub, args.run_dir, args.threads or 2) if args.one_rechub else \
+            run_one(args.one, args.run_dir, args.peer_config, args.overrides, args.threads)
+        print(json.dumps(row), flush=True)
         return
     run_dir = prepare(args.work.resolve(), args.landing.resolve() if args.landing else None, args.peer_config)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        cmd = [sys.executable, __file__, "--one", name, "--run-dir", str(run_dir)]
+        cmd = [sys.executable, __file__, "--one", name, "--run-dir", str(run_dir), "--threads", str(args.threads)]
         cmd += (["--peer-config"] if args.peer_config else []) + [x for o in args.overrides for x in ("--set", o)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        print(out.strip().splitlines()[-1], flush=True)
+        _child(cmd)
+        if args.rechub and args.peer_config and name in RECHUB_TASKS:
+            _child([args.rechub, __file__, "--one-rechub", name, "--run-dir", str(run_dir), "--threads", str(args.threads)])
+
+
+def _child(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark child failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    print(proc.stdout.strip().splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":

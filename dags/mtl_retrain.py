@@ -91,6 +91,154 @@ DEFAULT_ARGS = {
 }
 
 
+@task(retries=0, multiple_outputs=False)
+def check_config() -> dict:
+    """Validate the trigger form into the run's config (same rules as `mtl --set`); no retries."""
+    from pipeline.errors import ConfigError
+    from pipeline.run import model_names
+
+    ctx = get_current_context()
+    home = _home()
+    try:
+        cfg = form.config_from_params(ctx["params"], home=home)
+    except ConfigError as exc:
+        raise AirflowFailException(f"invalid trigger parameters: {exc}") from exc
+    ds = ctx.get("ds")
+    if not ds:  # a REST trigger with logical_date null has no date to process (STACK 7)
+        raise AirflowFailException("this DAG processes one logical date: trigger it with a logical_date")
+    landing = ctx["params"].get(form.LANDING) or os.environ.get("MTL_LANDING") or os.path.join(home, "landing")
+    return {
+        "home": home, "date": ds, "run_id": ds, "landing": os.path.abspath(landing),
+        "owner": f"airflow:{DAG_ID}:{ctx['dag_run'].run_id}", "dry_run": cfg.dry_run,
+        "baselines": [n.removeprefix("baseline_") for n in model_names(cfg) if n.startswith("baseline_")],
+    }
+
+
+@task(retries=0)
+def baseline_tasks(info: dict) -> list[str]:
+    """The tasks that get a single-task baseline (none when `train.baselines` is off)."""
+    return info["baselines"]
+
+
+@task(retries=3, retry_delay=dt.timedelta(minutes=1))
+def take_lock(info: dict) -> str:
+    """Take the per-date lease (`pipeline.lock`); another live run of this date makes this task retry."""
+    from pipeline.lock import acquire
+
+    return str(acquire(info["home"], info["date"], info["owner"]))
+
+
+@task.sensor(poke_interval=60, timeout=SENSOR_TIMEOUT_S, mode="reschedule")
+def wait_for_landing(info: dict) -> bool:
+    """Wait until the producer marks day D complete: `<landing>/impressions/dt=D/_SUCCESS`."""
+    marker = os.path.join(info["landing"], "impressions", f"dt={info['date']}", "_SUCCESS")
+    log.info("waiting for %s", marker)
+    return os.path.exists(marker)
+
+
+@task
+def ingest(info: dict) -> dict:
+    """Stage landing day D (and unseen earlier days) with contract types; nothing reaches the lake yet."""
+    from pipeline.ingest import ingest as run
+
+    try:
+        return run(_cfg(info), info["landing"], info["date"], info["run_id"])
+    except Exception as exc:
+        _fail_fast(exc)
+        raise
+
+
+@task(retries=0, outlets=[LAKE])
+def validate(info: dict) -> dict:
+    """Great Expectations + contract rules on the staged days; on pass, publish them into the lake."""
+    from pipeline.validate import validate as run
+
+    try:
+        out = run(_cfg(info), info["date"], info["run_id"])
+    except Exception as exc:
+        _fail_fast(exc)
+        raise
+    get_current_context()["outlet_events"][LAKE].extra = {"published": out.get("published"),
+                                                          "home": info["home"]}
+    return out
+
+
+@task
+def features(info: dict) -> dict:
+    """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
+    from pipeline.features import build_features
+
+    try:
+        return build_features(_cfg(info), info["date"], info["run_id"])
+    except Exception as exc:
+        _fail_fast(exc)
+        raise
+
+
+def _train(info: dict, name: str) -> dict:
+    from pipeline.train import train_model
+
+    cfg = _cfg(info)
+    if cfg.train.threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        return train_model(cfg, info["run_id"], name=name, resume=True)
+    except Exception as exc:
+        _fail_fast(exc)
+        raise
+
+
+@task(pool=POOL, queue=TRAIN_QUEUE)
+def train_mtl(info: dict) -> dict:
+    """Train the multi-task model (early stopping on the valid window); resumes from its last checkpoint."""
+    return _train(info, "mtl")
+
+
+# Mapped tasks do not take their docstring as doc_md.
+baseline_doc = "Train the single-task baseline for one task (one mapped task instance per task)."
+
+
+@task(pool=POOL, queue=TRAIN_QUEUE, doc_md=baseline_doc)
+def train_baseline(info: dict, task_name: str) -> dict:
+    return _train(info, f"baseline_{task_name}")
+
+
+@task(trigger_rule="none_failed")
+def evaluate(info: dict) -> dict:
+    """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
+    from pipeline.evaluate import evaluate as run
+
+    try:
+        return run(_cfg(info), info["run_id"])
+    except Exception as exc:
+        _fail_fast(exc)
+        raise
+
+
+@task
+def register(info: dict) -> dict:
+    """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
+    from pipeline.registry import register as run
+
+    if info["dry_run"]:
+        raise AirflowSkipException("dry run: nothing registered")
+    try:
+        return run(_cfg(info), run_id=info["run_id"])
+    except Exception as exc:
+        _fail_fast(exc)
+        raise
+
+
+@task(trigger_rule="all_done", retries=1)
+def release_lock(info: dict) -> bool:
+    """Give the per-date lease back, whatever happened upstream."""
+    from pipeline.lock import release
+
+    return release(info["home"], info["date"], info["owner"])
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
@@ -103,140 +251,7 @@ DEFAULT_ARGS = {
     tags=["mtl", "training"],
 )
 def mtl_retrain():
-    @task(retries=0, multiple_outputs=False)
-    def check_config() -> dict:
-        """Validate the trigger form into the run's config (same rules as `mtl --set`); no retries."""
-        from pipeline.errors import ConfigError
-        from pipeline.run import model_names
-
-        ctx = get_current_context()
-        home = _home()
-        try:
-            cfg = form.config_from_params(ctx["params"], home=home)
-        except ConfigError as exc:
-            raise AirflowFailException(f"invalid trigger parameters: {exc}") from exc
-        ds = ctx.get("ds")
-        if not ds:  # a REST trigger with logical_date null has no date to process (STACK 7)
-            raise AirflowFailException("this DAG processes one logical date: trigger it with a logical_date")
-        landing = ctx["params"].get(form.LANDING) or os.environ.get("MTL_LANDING") or os.path.join(home, "landing")
-        return {
-            "home": home, "date": ds, "run_id": ds, "landing": os.path.abspath(landing),
-            "owner": f"airflow:{DAG_ID}:{ctx['dag_run'].run_id}", "dry_run": cfg.dry_run,
-            "baselines": [n.removeprefix("baseline_") for n in model_names(cfg) if n.startswith("baseline_")],
-        }
-
-    @task(retries=0)
-    def baseline_tasks(info: dict) -> list[str]:
-        """The tasks that get a single-task baseline (none when `train.baselines` is off)."""
-        return info["baselines"]
-
-    @task(retries=3, retry_delay=dt.timedelta(minutes=1))
-    def take_lock(info: dict) -> str:
-        """Take the per-date lease (`pipeline.lock`); another live run of this date makes this task retry."""
-        from pipeline.lock import acquire
-
-        return str(acquire(info["home"], info["date"], info["owner"]))
-
-    @task.sensor(poke_interval=60, timeout=SENSOR_TIMEOUT_S, mode="reschedule")
-    def wait_for_landing(info: dict) -> bool:
-        """Wait until the producer marks day D complete: `<landing>/impressions/dt=D/_SUCCESS`."""
-        marker = os.path.join(info["landing"], "impressions", f"dt={info['date']}", "_SUCCESS")
-        log.info("waiting for %s", marker)
-        return os.path.exists(marker)
-
-    @task
-    def ingest(info: dict) -> dict:
-        """Stage landing day D (and unseen earlier days) with contract types; nothing reaches the lake yet."""
-        from pipeline.ingest import ingest as run
-
-        try:
-            return run(_cfg(info), info["landing"], info["date"], info["run_id"])
-        except Exception as exc:
-            _fail_fast(exc)
-            raise
-
-    @task(retries=0, outlets=[LAKE])
-    def validate(info: dict) -> dict:
-        """Great Expectations + contract rules on the staged days; on pass, publish them into the lake."""
-        from pipeline.validate import validate as run
-
-        try:
-            out = run(_cfg(info), info["date"], info["run_id"])
-        except Exception as exc:
-            _fail_fast(exc)
-            raise
-        get_current_context()["outlet_events"][LAKE].extra = {"published": out.get("published"),
-                                                              "home": info["home"]}
-        return out
-
-    @task
-    def features(info: dict) -> dict:
-        """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
-        from pipeline.features import build_features
-
-        try:
-            return build_features(_cfg(info), info["date"], info["run_id"])
-        except Exception as exc:
-            _fail_fast(exc)
-            raise
-
-    def _train(info: dict, name: str) -> dict:
-        from pipeline.train import train_model
-
-        cfg = _cfg(info)
-        if cfg.train.threads:
-            import torch
-
-            torch.set_num_threads(cfg.train.threads)
-        try:
-            return train_model(cfg, info["run_id"], name=name, resume=True)
-        except Exception as exc:
-            _fail_fast(exc)
-            raise
-
-    @task(pool=POOL, queue=TRAIN_QUEUE)
-    def train_mtl(info: dict) -> dict:
-        """Train the multi-task model (early stopping on the valid window); resumes from its last checkpoint."""
-        return _train(info, "mtl")
-
-    # Mapped tasks do not take their docstring as doc_md.
-    baseline_doc = "Train the single-task baseline for one task (one mapped task instance per task)."
-
-    @task(pool=POOL, queue=TRAIN_QUEUE, doc_md=baseline_doc)
-    def train_baseline(info: dict, task_name: str) -> dict:
-        return _train(info, f"baseline_{task_name}")
-
-    @task(trigger_rule="none_failed")
-    def evaluate(info: dict) -> dict:
-        """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
-        from pipeline.evaluate import evaluate as run
-
-        try:
-            return run(_cfg(info), info["run_id"])
-        except Exception as exc:
-            _fail_fast(exc)
-            raise
-
-    @task
-    def register(info: dict) -> dict:
-        """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
-        from pipeline.registry import register as run
-
-        if info["dry_run"]:
-            raise AirflowSkipException("dry run: nothing registered")
-        try:
-            return run(_cfg(info), run_id=info["run_id"])
-        except Exception as exc:
-            _fail_fast(exc)
-            raise
-
-    @task(trigger_rule="all_done", retries=1)
-    def release_lock(info: dict) -> bool:
-        """Give the per-date lease back, whatever happened upstream."""
-        from pipeline.lock import release
-
-        return release(info["home"], info["date"], info["owner"])
-
+    """Wiring only: each task above calls one pipeline function."""
     info = check_config()
     lock = take_lock(info)
     mtl = train_mtl(info)

@@ -40,8 +40,14 @@ SUGGESTED = {  # `--set` overrides that give the models the sources' real signal
     "hillstrom": [
         "features.categorical=[item_id,surface,city_tier,history_segment,channel,zip_code,mens,womens,newbie]",
         "features.numeric=[recency,history]",
+        "features.history=false",  # each customer appears once: there is no history to count
+        "data.train_days=12",  # 14 days: train on all but the valid and test days
     ],
-    "ali-ccp": [],
+    "ali-ccp": [
+        ("features.categorical=[user_id,item_id,category,brand,shop_id,age_bucket,gender,city_tier,"
+         "f121,f122,f126,f127,f128,f210,f508,f509,f702,f853,f301]"),
+        "features.numeric=[fD109_14,fD110_14,fD127_14,fD150_14,fD508,fD509,fD702,fD853]",
+    ],
 }
 
 

@@ -201,8 +201,9 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: pl.DataFrame, users: 
 
     f = cfg.features
     cat_price = (items.group_by("category").agg(pl.col("price").cast(pl.Float64).median().log().alias("log_median")))
-    numeric = [*BASE_NUMERIC, *f.numeric]
-    meta: dict[str, Any] = {"categorical": [*f.categorical, "hour"], "numeric_inputs": list(f.numeric),
+    declared = [c for c in dict.fromkeys(f.numeric) if c not in BASE_NUMERIC]  # a base name is derived once
+    numeric = [*BASE_NUMERIC, *declared]
+    meta: dict[str, Any] = {"categorical": list(dict.fromkeys([*f.categorical, "hour"])), "numeric_inputs": declared,
                             "min_count": f.min_count, "stats": {}, "text": None,
                             "history": {"enabled": f.history, "windows": list(f.history_windows),
                                         "smoothing": f.smoothing}}

@@ -58,7 +58,8 @@ def _make_users(rng: np.random.Generator, n: int, start: dt.datetime, days: int)
     # Premium users are more often older and in tier-1 cities; budget users younger and in smaller cities.
     lean = 0.5 * (age - 2) - 0.45 * (tier - 3) + rng.normal(0, 0.5, n)
     segment = np.digitize(lean, [-0.6, 0.6]).astype(np.int64)  # 0 budget, 1 mid, 2 premium
-    offset = np.where(rng.random(n) < 0.1, rng.integers(0, days * 86400, n), -rng.integers(86400, 900 * 86400, n))
+    new = rng.random(n) < 0.1
+    offset = np.where(new, rng.integers(0, days * 86400, n), -rng.integers(86400, 900 * 86400, n))  # seconds
     offset[0] = -86400  # at least one user is active from the first day
     signup = np.datetime64(start.replace(tzinfo=None), "us") + offset.astype("timedelta64[s]")
     cols = {

@@ -44,6 +44,10 @@ def _context(docs_dir: Path):
 
 
 def _failures(table: str, label: str, result) -> tuple[list[RuleFailure], dict]:
+    """RuleFailures of one GX suite result (rule = each expectation's `meta.rule`) and the counts.
+
+    An expectation that raised (GX could not compute it) fails too, with the exception message as its example.
+    """
     failures, n_ok = [], 0
     for r in result.results:
         cfg = r.expectation_config
@@ -54,13 +58,24 @@ def _failures(table: str, label: str, result) -> tuple[list[RuleFailure], dict]:
         found = res.get("partial_unexpected_index_list") or res.get("partial_unexpected_list") or []
         examples = tuple(({"partition": label} | x if "dt" not in x else x) if isinstance(x, dict) else x
                          for x in found[:3])
-        if r.exception_info and r.exception_info.get("raised_exception"):
-            examples = (str(r.exception_info.get("exception_message"))[:200],)
+        error = _exception_message(r.exception_info)
+        if error:
+            examples = (error[:200],)
         rule = (cfg.meta or {}).get("rule", cfg.type)
         count = int(res.get("unexpected_count") or 0)
         failures.append(RuleFailure(table, str(cfg.kwargs.get("column", "*")), rule, count,
                                     tuple(_plain(e) for e in examples)))
     return failures, {"evaluated": len(result.results), "successful": n_ok}
+
+
+def _exception_message(info) -> str | None:
+    """The message of a raised exception in GX's `exception_info` (flat, or keyed by metric id), else None."""
+    if not isinstance(info, dict):
+        return None
+    for entry in [info, *[v for v in info.values() if isinstance(v, dict)]]:
+        if entry.get("raised_exception"):
+            return str(entry.get("exception_message"))
+    return None
 
 
 def _plain(x):

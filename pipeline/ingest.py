@@ -98,7 +98,8 @@ def _cast_array(arr, typ):
             return pc.cast(pc.cast(arr, pa.float64()), typ)
     if pa.types.is_string(typ) and not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
                                         or pa.types.is_dictionary(arr.type) or pa.types.is_null(arr.type)
-                                        or pa.types.is_integer(arr.type)):  # integer ids -> text is lossless
+                                        or pa.types.is_integer(arr.type)  # integer ids -> text is lossless
+                                        or pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
         raise pa.ArrowInvalid(f"expected text, got {arr.type}")
     return pc.cast(arr, typ)
 

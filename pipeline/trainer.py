@@ -32,8 +32,8 @@ SPARSE_PARAM = "features.embedding.weight"  # the large-vocabulary table with sp
 
 @dataclass
 class Setup:
-    """Everything one run of `fit` mutates. `net` is what forward goes through (the model, or its DDP/compiled
-    wrapper); `model` is the bare module (state_dict, regularisers)."""
+    """Everything one run of `fit` mutates. `net` is what forward goes through (the model, or its DDP wrapper);
+    `model` is the bare module (state_dict, regularisers)."""
 
     model: Any
     net: Any

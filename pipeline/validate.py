@@ -56,13 +56,13 @@ def _lake_context(cfg, layout: Layout, staged: list[dt.date], staged_ids):
     return hits, history
 
 
-def _contract_checks(cfg, layout: Layout, stage: Path, days: list[str], users, items):
-    """Plain rule and drift checks over every staged day -> (failures, drift_failures, day_stats)."""
+def _contract_checks(cfg, layout: Layout, frames: dict, users, items):
+    """Plain rule and drift checks over the staged days ({iso day: frame}) -> (failures, drift, day_stats)."""
     import polars as pl
 
     from pipeline import rules
 
-    frames = {day: _read_staged(stage, day) for day in days}
+    days = list(frames)
     staged = [parse_date(d) for d in days]
     hits, history = _lake_context(cfg, layout, staged, pl.concat([f["event_id"] for f in frames.values()]))
     failures, drift, stats, seen = [], [], {}, []
@@ -117,14 +117,15 @@ def validate(cfg, date: str | dt.date, run_id: str | None = None) -> dict:
     users, items = pl.read_parquet(stage / "users.parquet"), pl.read_parquet(stage / "items.parquet")
     out_dir = layout.run_dir(run_id) / VALIDATION_DIR
     # All staged days in one GX batch (a `dt` column tells them apart): uniqueness spans the days too.
-    staged = pl.concat([_read_staged(stage, d).with_columns(pl.lit(d).alias("dt")) for d in days],
+    frames = {d: _read_staged(stage, d) for d in days}
+    staged = pl.concat([f.with_columns(pl.lit(d).alias("dt")) for d, f in frames.items()],
                        how="diagonal_relaxed")
     batches = [("impressions", f"{days[0]}..{days[-1]}", staged.to_arrow()),
                ("users", day.isoformat(), users.to_arrow()), ("items", day.isoformat(), items.to_arrow())]
     with atomic_path(out_dir / "data_docs") as tmp:
         gx_failures, gx_stats = run_suites(batches, tmp)
     docs = out_dir / "data_docs" / "index.html"
-    failures, drift, stats = _contract_checks(cfg, layout, stage, days, users, items)
+    failures, drift, stats = _contract_checks(cfg, layout, frames, users, items)
     failures = gx_failures + failures
     # A gap is worth a warning, not a rejection: the days that are here are fine, and a backfill can follow.
     warnings = [RuleFailure("impressions", "*", "missing day (no partition in the lake or the landing)", 0,

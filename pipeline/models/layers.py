@@ -56,8 +56,13 @@ class FeatureInput(nn.Module):
         self.last_rows = []
         for table, cols, offsets in ((self.embedding, self.big_cols, self.big_offsets),
                                      (self.small_embedding, self.small_cols, self.small_offsets)):
-            if table is not None:
-                self.last_rows.append(table(cat.index_select(1, cols) + offsets))  # [B, C_table, D]
+            if table is None:
+                continue
+            ids = cat.index_select(1, cols) + offsets  # [B, C_table]
+            if table.sparse:
+                self.last_rows.append(table(ids))  # [B, C_table, D]
+            else:  # index_select's backward (index_add) is ~2x faster on CPU than embedding's dense backward
+                self.last_rows.append(table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1))
         parts = [r.flatten(1) for r in self.last_rows] + [batch["num"]]
         if self.n_text:
             parts.append(self.text_proj(self.text_table[batch["text"]]).flatten(1))  # [B, X*P]
@@ -86,7 +91,7 @@ class ParallelLinear(nn.Module):
         n, d_in, d_out = self.weight.shape
         if x.dim() == 2:  # one matmul for all members: [B, in] @ [in, n*out]
             w = self.weight.permute(1, 0, 2).reshape(d_in, n * d_out)
-            return (x @ w).view(x.shape[0], n, d_out).transpose(0, 1) + self.bias
+            return torch.addmm(self.bias.reshape(n * d_out), x, w).view(x.shape[0], n, d_out).transpose(0, 1)
         return torch.baddbmm(self.bias, x, self.weight)
 
 

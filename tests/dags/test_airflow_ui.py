@@ -42,8 +42,16 @@ class Api:
         req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"{}")
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    return json.loads(resp.read() or b"{}")
+            except urllib.error.HTTPError as exc:
+                # 503 = the SQLite metadata DB was locked by the scheduler for a moment: ask again.
+                if exc.code != 503 or attempt == 4:
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
 
     def wait(self, what: str, probe, timeout: float, every: float = 2.0):
         deadline = time.monotonic() + timeout

@@ -78,6 +78,8 @@ def test_gate_aliases_reruns_and_hand_moves(home, fast_overrides_session):
     assert any("champion" in r and "FAIL" in r for r in second["reasons"])
     report = json.loads((home / "runs" / DATE / "evaluation.json").read_text())
     assert report["comparison"]["champion"]["version"] == 1  # re-scored: the champion moved since evaluation
+    card = client(home).get_model_version(NAME, "2").description
+    assert "with champion version 1" in card and "**failed**; champion not moved" in card
     champ = pl.read_parquet(home / "runs" / DATE / report["predictions"]["champion"])
     assert report["comparison"]["tasks"]["ctr"]["champion"] == pytest.approx(
         metrics.auc(champ["clicked"].to_numpy(), champ["p_ctr"].to_numpy()), abs=1e-12)

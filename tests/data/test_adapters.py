@@ -46,7 +46,8 @@ def test_hillstrom_keeps_the_funnel_and_validates(tmp_path):
     assert set(joined.group_by("item_id").agg(pl.col("surface").first()).rows()) == {
         ("campaign-mens", "ad"), ("campaign-womens", "ad"), ("no-email", "recommend")}
     assert {"recency", "history", "channel", "newbie"} <= set(users.columns)
-    cfg = load_config(home=tmp_path / "home")
+    cfg = load_config(home=tmp_path / "home", overrides=out["suggested_overrides"])
+    assert {"recency", "history"} <= set(cfg.features.numeric) and not cfg.features.history
     assert ingest(cfg, out["landing"], out["dates"][-1])["staged"] == out["dates"]
     assert validate(cfg, out["dates"][-1])["published"] == out["dates"]
 
@@ -68,7 +69,10 @@ def test_ali_ccp_splits_by_time_and_validates(tmp_path):
     assert {"f508", "fD853", "f301"} <= set(imp.columns)
     items = pl.read_parquet(tmp_path / "ali" / "items.parquet")
     assert (items["title"].str.len_chars() > 0).all() and items["item_id"].n_unique() == items.height
-    cfg = load_config(home=tmp_path / "home")
+    cfg = load_config(home=tmp_path / "home", overrides=out["suggested_overrides"])
+    declared = set(cfg.features.categorical) | set(cfg.features.numeric)
+    users = pl.read_parquet(tmp_path / "ali" / "users.parquet")
+    assert declared <= set(imp.columns) | set(users.columns) | set(items.columns)  # every suggestion exists
     ingest(cfg, out["landing"], out["dates"][-1])
     assert validate(cfg, out["dates"][-1])["published"] == out["dates"]
 

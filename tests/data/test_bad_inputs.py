@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -60,14 +61,14 @@ def _frame(fn, target="day"):
     return setup
 
 
-def _csv(text: bytes, name="extra.csv"):
-    """Setup that moves the day to CSV: the day's rows as CSV plus `text` appended as raw bytes."""
+def _csv(text: bytes, name="extra.csv", bom=False):
+    """Setup that moves the day to CSV: the day's rows as CSV (after a UTF-8 byte-order mark when `bom`)
+    plus `text` appended as raw bytes."""
     def setup(landing):
         df = pl.read_parquet(_part(landing))
         _part(landing).unlink()
-        df.write_csv(_day(landing) / name)
-        with open(_day(landing) / name, "ab") as f:
-            f.write(text)
+        path = _day(landing) / name
+        path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + df.write_csv().encode() + text)
     return setup
 
 
@@ -84,6 +85,16 @@ def _all_new(landing):
         pl.concat([snap, fresh]).write_parquet(landing / f"{table}.parquet")
     _frame(lambda df: df.with_columns(("new-" + pl.col("user_id")).alias("user_id"),
                                       ("new-" + pl.col("item_id")).alias("item_id")))(landing)
+
+
+def _bytes_title(raw: bytes):
+    """Setup that stores item titles as a binary column whose first value is `raw`."""
+    def setup(landing):
+        table = pq.read_table(landing / "items.parquet")
+        titles = [raw] + [t.encode() for t in table.column("title").to_pylist()[1:]]
+        i = table.schema.get_field_index("title")
+        pq.write_table(table.set_column(i, "title", pa.array(titles, pa.binary())), landing / "items.parquet")
+    return setup
 
 
 def _check_title(title: str):
@@ -131,6 +142,7 @@ CASES = [
      (IngestError, r"cannot read .*extra\.csv.*UTF"), None),
     ("csv with a short row", _csv(b"e-x,r-x\n"), (IngestError, r"cannot read .*extra\.csv"), None),
     ("csv day passes", _csv(b""), None, None),
+    ("csv with a byte-order mark", _csv(b"", bom=True), None, None),
     ("stray non-data file", lambda landing: (_day(landing) / "README.txt").write_text("notes"), None, None),
     ("10,000-character title", _frame(_first_row(title=LONG), "items"), None, _check_title(LONG)),
     ("emoji and right-to-left title", _frame(_first_row(title=BIDI), "items"), None, _check_title(BIDI)),
@@ -154,6 +166,10 @@ CASES = [
     ("zero clicks (no drift reference yet)", _frame(lambda df: df.with_columns(pl.lit(0, pl.Int8).alias(c)
                                                       for c in ("clicked", "carted", "purchased"))), None, None),
     ("all users and items new", _all_new, None, None),
+    ("titles as UTF-8 bytes", _frame(lambda df: df.with_columns(pl.col("title").cast(pl.Binary)), "items"),
+     None, None),
+    ("titles as bytes, not UTF-8", _bytes_title(b"caf\xe9 bag"),
+     (IngestError, r"items\.title does not fit string \(got binary\): 1 row\(s\) e\.g\. \[b'caf\\xe9 bag'\]"), None),
     ("integer ids", _frame(lambda df: df.with_columns(pl.col("shop_id").str.slice(1).cast(pl.Int64)), "items"),
      None, None),
 ]

@@ -164,3 +164,34 @@ def test_an_empty_valid_split_is_refused(feature_run):
     pl.read_parquet(path).head(0).write_parquet(path)
     with pytest.raises(TrainingError, match="valid split has no rows"):
         train_model(load_config(None, SMALL, home=feature_run), RUN_ID)
+
+
+def test_a_step_moves_only_the_batch_rows_of_the_large_id_table(feature_run):
+    s, data, tcfg = _setup(feature_run, weight_decay=0.1, embedding_l2=0.01)
+    big = s.model.features.embedding.weight
+    before = big.detach().clone()
+    chunk = data.slice(0, 128)
+    losses, extra = trainer._step_losses(s, chunk, tcfg)
+    s.weighting.backward(losses, extra)
+    assert big.grad.is_sparse
+    for opt in s.optimizers:
+        opt.step()
+    f = s.model.features
+    touched = set((chunk.cat.index_select(1, f.big_cols) + f.big_offsets).reshape(-1).tolist())
+    moved = set(torch.nonzero((big.detach() != before).any(1)).reshape(-1).tolist())
+    assert moved == touched
+
+
+def test_same_seed_same_model_other_seed_other_model_and_progress_is_logged(tmp_path, caplog):
+    from conftest import write_run
+
+    results = []
+    for i, seed in enumerate((5, 5, 6)):
+        home = tmp_path / str(i)
+        write_run(home, {"train": 1500, "valid": 500})
+        with caplog.at_level(logging.INFO, logger="pipeline.trainer"):
+            res = train_model(load_config(None, SMALL + [f"train.seed={seed}"], home=home), RUN_ID)
+        results.append(torch.load(Path(res["model_dir"]) / "model.pt", weights_only=True))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert not all(torch.equal(results[0][k], results[2][k]) for k in results[0])
+    assert re.search(r"epoch 2 step 6/6 loss [0-9.]+ [0-9]+ samples/s", caplog.text)

@@ -110,3 +110,18 @@ def test_form_defaults_follow_mtl_config(monkeypatch, tmp_path):
     assert p["model__name"].schema["enum"] == list(form.MODEL_NAMES)
     assert p["train__epochs"].schema["type"] == "integer" and p["dry_run"].schema["type"] == "boolean"
     assert all(p[n].schema.get("title") and p[n].description for n in p)
+
+
+def test_readme_documents_every_config_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = readme[readme.index("## Configuration"):readme.index("## Layout")]
+    bullets = {b.split("`")[1]: b for b in text.split("\n- ")[1:]}
+    missing = []
+    for key in Config().flat():
+        section, _, name = key.rpartition(".")
+        where = bullets.get(section or "home", "")  # top-level keys share the `home` bullet
+        if f"`{name}`" not in where:
+            missing.append(key)
+    assert not missing, f"README 'Configuration' lacks {missing}"

@@ -111,3 +111,12 @@ def test_every_environment_variable_the_code_reads_is_provided(compose):
     for name in (*AIRFLOW_SERVICES, "airflow-worker", "airflow-worker-gpu"):
         provided = set(compose["services"][name]["environment"])
         assert not needed - provided, f"{name} lacks {needed - provided}"
+
+
+def test_images_copy_files_that_exist():
+    for name in ("Dockerfile", "Dockerfile.trainer"):
+        for line in (DOCKER / name).read_text().splitlines():
+            if line.startswith("COPY"):
+                sources = [w for w in line.split()[1:-1] if not w.startswith("--")]
+                for src in sources:
+                    assert (REPO / src).exists(), f"{name}: COPY {src} does not exist"

@@ -135,6 +135,10 @@ def test_trigger_with_params_through_the_rest_api(standalone):
 
     api.call("POST", "/api/v2/pools", {"name": "gpu", "slots": 1})
     api.wait("the DAG to be parsed", lambda: api.call("GET", "/api/v2/dags/mtl_retrain")["dag_id"], 180)
+    with pytest.raises(urllib.error.HTTPError) as rejected:  # the form's schema is enforced at trigger time
+        api.call("POST", "/api/v2/dags/mtl_retrain/dagRuns",
+                 {"logical_date": "2026-01-09T00:00:00Z", "conf": {"train__epochs": 0}})
+    assert rejected.value.code == 400
     conf = {"model__name": "ple", "model__tasks": ["ctr", "cvr"], "train__epochs": 1, "text__enabled": False,
             "train__baselines": False, "overrides": FAST_CONF}
     # run_after = the logical date: the catch-up run that unpausing creates (STACK 6) then queues behind ours.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -88,7 +90,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def _clean(obj: Any) -> Any:
     """JSON has no NaN: undefined metrics become null."""
-    if isinstance(obj, float) and obj != obj:
+    if isinstance(obj, float) and math.isnan(obj):
         return None
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}

@@ -39,7 +39,7 @@ class Layout:
     home: Path
 
     @classmethod
-    def of(cls, home: str | os.PathLike) -> "Layout":
+    def of(cls, home: str | os.PathLike) -> Layout:
         return cls(Path(home).resolve())
 
     @property

@@ -107,7 +107,9 @@ def _experiment_id(client, cfg: Config) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri(cfg).startswith("sqlite:"):  # else ./mlruns of the cwd (STACK item 10)
+    # A database-backed store (SQLite, PostgreSQL...) would put artifacts in ./mlruns of the cwd (STACK item 10);
+    # a tracking server chooses its own artifact root.
+    if not tracking_uri(cfg).startswith(("http://", "https://", "databricks")):
         location = Layout.of(cfg.home).mlflow_artifacts.as_uri()
     return client.create_experiment(cfg.registry.experiment, artifact_location=location)
 

@@ -118,6 +118,31 @@ def standalone(tmp_path_factory, tiny_landing):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            assert _group_gone(proc.pid), "airflow standalone left processes running"
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of the group that are not zombies (a zombie is dead; PID 1 of a container may never reap it)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _group_gone(pgid: int, timeout: float = 30) -> bool:
+    """True once no live process of the group is left (each component exits on its own SIGTERM)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _live_members(pgid):
+            return True
+        time.sleep(0.5)
+    os.killpg(pgid, signal.SIGKILL)
+    return False
 
 
 def _run_state(api: Api, run_id: str) -> str | None:
@@ -150,7 +175,8 @@ def test_trigger_with_params_through_the_rest_api(standalone):
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'home' / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'home' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # explicit: MLflow keeps a process-global one
     versions = client.search_model_versions("name='ecommerce-mtl'")
     assert len(versions) == 1
     run_params = client.get_run(versions[0].run_id).data.params

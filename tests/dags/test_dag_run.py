@@ -59,7 +59,9 @@ def test_dag_run_ends_with_a_champion_that_loads_and_scores(airflow_db, tiny_lan
 
     from pipeline.score import read_landing_day
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_home / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models:/ URIs resolve against the registry URI, process-global in MLflow
     model = mlflow.pyfunc.load_model("models:/ecommerce-mtl@champion")
     raw = read_landing_day(tiny_landing, LAST_DATE)
     out = pl.from_pandas(model.predict(raw.to_pandas()))
@@ -90,7 +92,8 @@ def test_bad_day_fails_fast_without_retries_and_changes_nothing(airflow_db, tiny
 def _versions(home) -> list:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # explicit: MLflow keeps a process-global one
     return [v.version for v in client.search_model_versions("name='ecommerce-mtl'")]
 
 

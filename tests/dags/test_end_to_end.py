@@ -27,7 +27,8 @@ def _mtl(capsys, *argv: str) -> tuple[int, dict | None, str]:
 def _registry(home) -> dict:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # explicit: MLflow keeps a process-global one
     versions = sorted(int(v.version) for v in client.search_model_versions("name='ecommerce-mtl'"))
     aliases = {}
     for alias in ("champion", "challenger"):
@@ -176,7 +177,7 @@ def test_run_and_score_with_mlflow_on_postgresql(mlflow_on_postgres, tiny_landin
                              *sets)
     assert code == 0, err
     assert result["register"]["champion"] is True
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.get_model_version_by_alias("ecommerce-mtl", "champion").version == "1"  # strings over HTTP
     assert not (home / "mlflow.db").exists() and any(artifacts.rglob("MLmodel"))
     out = tmp_path / "scores.parquet"

@@ -11,6 +11,7 @@ Multi-GPU / multi-process (DDP): every rank runs the same command and takes its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -101,6 +102,9 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
             torch.save(model.state_dict(), tmp / MODEL_FILE)
             write_json(tmp / META_FILE, meta)
         ckpt.unlink(missing_ok=True)
+        for folder in (ckpt.parent, ckpt.parent.parent):  # drop the checkpoint folders once empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return {"run_id": run_id, "name": name, "model_dir": str(model_dir), "best_epoch": s.best["epoch"],
             "valid": {**best["valid"], "metric": best["metric"]}}
 

@@ -38,6 +38,7 @@ class Model(MultiTaskModel):
         self.encoders = ParallelMLP(len(self.order), d_in, c.bottom_hidden, c.dropout)
         self.transfers = nn.ModuleList(Transfer(self.encoders.out_dim) for _ in self.order[1:])
         self.towers = Towers(len(self.order), self.encoders.out_dim, c.tower_hidden, c.dropout)
+        self.tower_tasks = self.order
 
     def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         own = self.encoders(x)  # [T, B, h]

@@ -73,7 +73,7 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
     if not cols:
         return None
     table = nn.Embedding(sum(card[j] for j in cols), dim, sparse=sparse)
-    nn.init.normal_(table.weight, std=0.05)
+    nn.init.normal_(table.weight, std=0.01)  # small: ids start near-neutral (peer bench: +0.0015 AUC vs 0.05)
     return table
 
 
@@ -171,7 +171,8 @@ def softmax_last(z: torch.Tensor) -> torch.Tensor:
 class MultiTaskModel(nn.Module):
     """Base of every architecture: Model(inputs, cfg, tasks); forward(batch) -> {task: logits [B]}.
 
-    Subclasses implement `build(d_in)` and `heads(x [B, d_in]) -> {task: logits [B]}`. `loss_tasks` are the tasks
+    Subclasses implement `build(d_in)` and `heads(x [B, d_in]) -> {task: logits [B]}`, and keep their output
+    layer as `self.towers` (a Towers whose member i is the logit of `self.tower_tasks[i]`, default `tasks`). `loss_tasks` are the tasks
     the trainer puts a loss on (ESMM trains ctcvr even when only ctr and cvr are asked for); forward returns
     logits for `tasks` and `loss_tasks`. `auxiliary_loss` adds an architecture's own term (AITM's calibrator)."""
 
@@ -179,6 +180,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.tasks = tuple(tasks)
         self.loss_tasks = self.tasks
+        self.tower_tasks = self.tasks
         self.cfg = cfg
         self.features = FeatureInput(inputs, cfg.embedding_dim)
         self.build(self.features.out_dim)
@@ -200,6 +202,15 @@ class MultiTaskModel(nn.Module):
 
     def auxiliary_loss(self, logits: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return None
+
+    def init_output_bias(self, rates: dict[str, float]) -> None:
+        """Start each tower's logit at its task's base rate (train label rate on its sample space), so the first
+        steps learn to rank instead of learning the mean. Tasks without a usable rate keep their random bias."""
+        with torch.no_grad():
+            for i, task in enumerate(self.tower_tasks):
+                rate = rates.get(task)
+                if rate is not None and 0.0 < rate < 1.0:
+                    self.towers.out.bias[i].fill_(math.log(rate / (1.0 - rate)))
 
     def embedding_penalty(self) -> torch.Tensor:
         """Mean over the batch of the squared L2 norm of the embedding rows used in the last forward (only the

@@ -33,10 +33,11 @@ class CGC(nn.Module):
         spec_in = shared_in if task_in is None else task_in.repeat_interleave(self.k, 0)  # [T*K, B, in]
         specific = self.specific(spec_in)  # [T*K, B, h]
         b, h = shared.shape[1], shared.shape[2]
-        own = specific.view(self.n_t, self.k, b, h)
-        pool = torch.cat([own, shared.unsqueeze(0).expand(self.n_t, -1, -1, -1)], 1)  # [T, K+S, B, h]
+        own = specific.view(self.n_t, self.k, b, h)  # [T, K, B, h]
         gates = self.task_gates(shared_in if task_in is None else task_in)  # [T, B, K+S]
-        task_out = mix(gates, pool)
+        # Own experts and shared experts mixed apart and summed: a [T, K+S, B, h] pool (cat + expand) and one
+        # einsum over it took 1.5x the CPU time of the whole step.
+        task_out = mix(gates[..., :self.k], own) + mix(gates[..., self.k:], shared)
         if self.shared_gate is None:
             return task_out, None
         everything = torch.cat([specific, shared], 0)  # [T*K+S, B, h]

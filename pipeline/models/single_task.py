@@ -12,7 +12,7 @@ class Model(MultiTaskModel):
     def build(self, d_in: int) -> None:
         if len(self.tasks) != 1:
             raise ConfigError(f"single_task takes exactly one task, got {self.tasks}")
-        self.tower = Towers(1, d_in, self.cfg.bottom_hidden + self.cfg.tower_hidden, self.cfg.dropout)
+        self.towers = Towers(1, d_in, self.cfg.bottom_hidden + self.cfg.tower_hidden, self.cfg.dropout)
 
     def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {self.tasks[0]: self.tower(x)[0]}
+        return {self.tasks[0]: self.towers(x)[0]}

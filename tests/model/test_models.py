@@ -115,3 +115,26 @@ def test_unknown_model_name_is_a_config_error():
 
     with pytest.raises(ConfigError, match="unknown model"):
         build("mmoe2", spec(), MCFG, ALL)
+
+
+def test_ple_level_matches_a_per_task_loop():
+    """CGC: task t's output = sum over its own experts and the shared experts of gate weight x expert output."""
+    from pipeline.models.ple import CGC
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(MCFG, task_experts=2, shared_experts=3)
+    level = CGC(("ctr", "cvr"), 5, cfg, 0, last=False).eval()
+    x = torch.randn(7, 5)
+    task_out, shared_out = level(x, None)
+    shared = level.shared(x)  # [S, B, h]
+    specific = level.specific(x)  # [T*K, B, h]
+    gates = level.task_gates(x)  # [T, B, K+S]
+    for t in range(2):
+        experts = [specific[t * 2 + k] for k in range(2)] + [shared[s] for s in range(3)]
+        for b in range(7):
+            want = sum(gates[t, b, e] * experts[e][b] for e in range(5))
+            assert torch.allclose(task_out[t, b], want, atol=1e-6)
+    everything = [specific[i] for i in range(4)] + [shared[s] for s in range(3)]
+    g = level.shared_gate(x)[0]
+    for b in range(7):
+        assert torch.allclose(shared_out[b], sum(g[b, e] * everything[e][b] for e in range(7)), atol=1e-6)

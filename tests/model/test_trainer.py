@@ -195,3 +195,19 @@ def test_same_seed_same_model_other_seed_other_model_and_progress_is_logged(tmp_
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
     assert not all(torch.equal(results[0][k], results[2][k]) for k in results[0])
     assert re.search(r"epoch 2 step 6/6 loss [0-9.]+ [0-9]+ samples/s", caplog.text)
+
+
+@pytest.mark.parametrize("name,tasks", [("mmoe", ALL), ("esmm", ("ctr", "ctcvr")), ("aitm", ("cart", "ctr"))])
+def test_towers_start_at_the_task_base_rates(feature_run, name, tasks):
+    s, data, _ = _setup(feature_run, name, tasks)
+    rates = trainer.label_rates(data)
+    for t in ("ctr", "ctcvr"):
+        if t in data.tasks:
+            j = data.tasks.index(t)
+            assert rates[t] == pytest.approx(float(data.labels[:, j].mean()))
+    bias = s.model.towers.out.bias.detach().reshape(-1)
+    assert len(s.model.tower_tasks) == len(bias)
+    for i, t in enumerate(s.model.tower_tasks):
+        assert float(bias[i]) == pytest.approx(math.log(rates[t] / (1 - rates[t])), rel=1e-5), t
+    if name == "esmm":
+        assert rates["cvr"] == pytest.approx(rates["ctcvr"] / rates["ctr"])

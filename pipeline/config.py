@@ -117,6 +117,9 @@ class GateConfig:
     min_champion_delta: float = 0.0  # challenger - champion must be >= this on every task
     max_baseline_regression: float = 0.01  # baseline - challenger must be <= this on every task
     bootstrap: int = 200
+    # A regression vs a baseline beyond the threshold fails only when it is also beyond noise: the bootstrap
+    # interval of (challenger - baseline) lies wholly below 0. Off = the point estimate alone decides.
+    require_significance: bool = True
 
 
 @dataclass(frozen=True)

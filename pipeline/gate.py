@@ -4,6 +4,9 @@
 comparison and `GateConfig` (TFX-style thresholds, per task, on test AUC):
 
 - vs baseline (value threshold): baseline_auc - mtl_auc <= max_baseline_regression on every task with a baseline;
+  with `require_significance` a larger regression still passes while the bootstrap interval of mtl - baseline
+  reaches 0 (one test day of a few hundred purchases moves AUC by +-0.01-0.02: a point estimate alone would
+  block a model that is as good as its baselines about half the time);
 - vs champion (change threshold): mtl_auc - champion_auc >= min_champion_delta on every task the champion has;
 - the first version (no champion) passes if it holds against its baselines;
 - a task whose AUC is undefined on the test window (no positives or no negatives) fails: nothing was shown.
@@ -78,8 +81,12 @@ def _check_task(task: str, row: Mapping[str, Any], has_champion: bool, cfg: Gate
     if _defined(base):
         reg = base - mtl
         ok = reg <= cfg.max_baseline_regression
-        out.append((ok, (f"{task}: AUC {mtl:.4f} vs baseline {base:.4f} (regression {reg:+.4f}, "
-                         f"allowed <= {cfg.max_baseline_regression:g}) {'ok' if ok else 'FAIL'}")))
+        msg = f"{task}: AUC {mtl:.4f} vs baseline {base:.4f} (regression {reg:+.4f}, allowed <= {cfg.max_baseline_regression:g})"
+        vs = row.get("vs_baseline") or {}
+        if not ok and cfg.require_significance and _defined(vs.get("hi")) and vs["hi"] >= 0:
+            ok = True
+            msg += f" within noise: 95% interval of the difference [{vs['lo']:+.4f}, {vs['hi']:+.4f}] reaches 0"
+        out.append((ok, f"{msg} {'ok' if ok else 'FAIL'}"))
     if has_champion:
         champ = row.get("champion")
         if _defined(champ):

@@ -35,6 +35,17 @@ def test_first_version_fails_on_a_baseline_regression_beyond_the_threshold():
     assert not any(r.startswith("cvr:") and "FAIL" in r for r in d.reasons)
 
 
+def test_a_regression_within_the_bootstrap_interval_is_noise_not_a_failure():
+    noisy = row(0.70, 0.72)
+    noisy["vs_baseline"] = {"diff": -0.02, "lo": -0.05, "hi": 0.01, "resamples": 50}
+    d = gate.decide(comparison({"ctr": noisy}), CFG)
+    assert d.passed and "within noise" in d.reasons[-1]
+    real = dict(noisy, vs_baseline={"diff": -0.02, "lo": -0.03, "hi": -0.011, "resamples": 50})
+    assert not gate.decide(comparison({"ctr": real}), CFG).passed
+    point_only = GateConfig(max_baseline_regression=0.01, require_significance=False)
+    assert not gate.decide(comparison({"ctr": noisy}), point_only).passed
+
+
 def test_champion_must_be_matched_on_every_task():
     champ = {"version": 3}
     ok = gate.decide(comparison({"ctr": row(0.71, 0.70, 0.70), "cvr": row(0.66, 0.6, 0.65)}, champ), CFG)

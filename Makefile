@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MTL_HOME ?= .mtl
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench airflow-ui mlflow-ui clean
+.PHONY: venv demo demo-next test bench airflow-ui mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 # ---- demo: a small synthetic shop, one nightly DAG run through Airflow, everything under $(MTL_HOME) ----
 HOME_ABS := $(abspath $(MTL_HOME))
 DEMO_START ?= 2026-01-01
-DEMO_DAYS ?= 14
+DEMO_DAYS ?= 15  # the demo runs the 14th; `make demo-next` runs the 15th as the second night
 DEMO_DATE ?= 2026-01-14
 DEMO_SIZE ?= --impressions-per-day 12000 --users 3000 --items 800
 AIRFLOW_ENV := MTL_HOME=$(HOME_ABS) MTL_LANDING=$(HOME_ABS)/landing \
@@ -45,6 +45,11 @@ demo: venv
 	@$(AIRFLOW_ENV) $(BIN)/mtl show --date $(DEMO_DATE) --home $(HOME_ABS) --brief 2>/dev/null
 	@echo "== UIs: 'make airflow-ui' (http://127.0.0.1:8080, user admin, password in $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated)"
 	@echo "        'make mlflow-ui'   (http://127.0.0.1:5000)"
+
+# The second night: the same landing folder (the generator is deterministic), the next day. The new version is
+# compared with the first one (now the champion, if its gate passed) on the new test day.
+demo-next:
+	$(MAKE) demo DEMO_DATE=2026-01-15
 
 test: venv
 	$(BIN)/pytest -q

@@ -78,3 +78,17 @@ def tmp_home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("MTL_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory, tiny_landing, fast_overrides_session) -> Path:
+    """A home after dry runs (no registry) of `run_all` for the last two days of tiny_landing, built once per
+    session and shared by the evaluation, registry and serving tests. Copy it; never write into it."""
+    from pipeline.config import load_config
+    from pipeline.run import run_all
+
+    root = tmp_path_factory.mktemp("trained") / "home"
+    cfg = load_config(overrides=[*fast_overrides_session, "dry_run=true"], home=root)
+    for day in ("2026-01-09", "2026-01-10"):
+        run_all(cfg, tiny_landing, day)
+    return root

@@ -23,26 +23,12 @@ SHUT = ["gate.max_baseline_regression=1.0", "gate.min_champion_delta=0.5"]
 pytestmark = pytest.mark.slow
 
 
-def trained_home(tmp_path_factory, landing: Path, fast: tuple[str, ...]) -> Path:
-    """Dry runs (no registry) for the last two days, once per test session, shared on disk by the evaluation,
-    registry and serving tests (the same builder is in tests/model/test_evaluate.py: keep them identical)."""
-    from pipeline.run import run_all
-
-    root = tmp_path_factory.getbasetemp() / "p4-trained"
-    if not (root / "done").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        cfg = load_config(overrides=[*fast, "dry_run=true"], home=root / "home")
-        for day in (PREVIOUS, DATE):
-            run_all(cfg, landing, day)
-        (root / "done").touch()
-    return root / "home"
-
 
 @pytest.fixture
-def home(tmp_path, tmp_path_factory, tiny_landing, fast_overrides_session) -> Path:
+def home(tmp_path, trained_home) -> Path:
     """A private copy of the trained home, with an empty registry."""
     dst = tmp_path / "home"
-    shutil.copytree(trained_home(tmp_path_factory, tiny_landing, fast_overrides_session), dst)
+    shutil.copytree(trained_home, dst)
     return dst
 
 

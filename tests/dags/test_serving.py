@@ -16,21 +16,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_registry import DATE, OPEN, config, trained_home
+from test_registry import DATE, OPEN, config
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/ecommerce-mtl@champion"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_landing, fast_overrides_session):
+def served(tmp_path_factory, trained_home, fast_overrides_session):
     """A home whose registry holds one champion (the run of DATE); returns (cfg, home)."""
     import shutil
 
     from pipeline.registry import register
 
     home = tmp_path_factory.mktemp("serving") / "home"
-    shutil.copytree(trained_home(tmp_path_factory, tiny_landing, fast_overrides_session), home)
+    shutil.copytree(trained_home, home)
     cfg = config(home, fast_overrides_session, *OPEN)
     assert register(cfg, run_id=DATE)["champion"] is True
     return cfg, home

@@ -15,28 +15,14 @@ from pipeline import metrics
 from pipeline.config import load_config
 from pipeline.schema import SURFACES, TASKS
 
-DATE, PREVIOUS = "2026-01-10", "2026-01-09"  # the last two days of tiny_landing
+DATE = "2026-01-10"  # the last day of tiny_landing
 
-
-def trained_home(tmp_path_factory, landing: Path, fast: tuple[str, ...]) -> Path:
-    """Dry runs (no registry) for the last two days, once per test session, shared on disk by the evaluation,
-    registry and serving tests (the same builder is in tests/dags/test_registry.py: keep them identical)."""
-    from pipeline.run import run_all
-
-    root = tmp_path_factory.getbasetemp() / "p4-trained"
-    if not (root / "done").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        cfg = load_config(overrides=[*fast, "dry_run=true"], home=root / "home")
-        for day in (PREVIOUS, DATE):
-            run_all(cfg, landing, day)
-        (root / "done").touch()
-    return root / "home"
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_landing, fast_overrides_session):
+def evaluated(tmp_path_factory, trained_home, fast_overrides_session):
     home = tmp_path_factory.mktemp("evaluate") / "home"
-    shutil.copytree(trained_home(tmp_path_factory, tiny_landing, fast_overrides_session), home)
+    shutil.copytree(trained_home, home)
     cfg = load_config(overrides=list(fast_overrides_session), home=home)
     from pipeline.evaluate import evaluate
 

@@ -48,7 +48,6 @@ def scenarios(
     import polars as pl
     from e2e_helpers import copy_landing, tree_bytes
     from test_reliability import (
-        DAY,
         TEST_DAY,
         _day_file,
         _edit,
@@ -56,6 +55,7 @@ def scenarios(
         _kill_mid_write,
         _run,
         registry_state,
+        reuse_published_ids,
     )
 
     from pipeline.config import load_config
@@ -125,16 +125,7 @@ def scenarios(
 
     def rejected() -> Outcome:
         home, land = fresh()
-        old = pl.read_parquet(_day_file(land, DAY))["event_id"][:3].to_list()
-        _edit(
-            _day_file(land),
-            lambda df: df.with_columns(
-                pl.when(pl.int_range(pl.len()) < 3)
-                .then(pl.Series(old + [None] * (df.height - 3)))
-                .otherwise(pl.col("event_id"))
-                .alias("event_id")
-            ),
-        )
+        reuse_published_ids(land)
         lake, reg = tree_bytes(home / "lake"), registry_state(home)
         try:
             _run(home, fast, land)

@@ -172,9 +172,8 @@ def test_extreme_prices_succeed(base, home, tiny_landing, tmp_path):
     assert result["register"]["version"] == 2
 
 
-def test_rejected_day_changes_neither_lake_nor_registry(base, home, tiny_landing, tmp_path):
-    """Event ids already published for an earlier day: a cross-day rule, checked against the lake."""
-    landing = copy_landing(tiny_landing, tmp_path / "landing")
+def reuse_published_ids(landing: Path) -> list[str]:
+    """Give the first 3 rows of TEST_DAY event ids already used on DAY (published before); returns those ids."""
     old = pl.read_parquet(_day_file(landing, DAY))["event_id"][:3].to_list()
     _edit(
         _day_file(landing),
@@ -185,6 +184,13 @@ def test_rejected_day_changes_neither_lake_nor_registry(base, home, tiny_landing
             .alias("event_id")
         ),
     )
+    return old
+
+
+def test_rejected_day_changes_neither_lake_nor_registry(base, home, tiny_landing, tmp_path):
+    """Event ids already published for an earlier day: a cross-day rule, checked against the lake."""
+    landing = copy_landing(tiny_landing, tmp_path / "landing")
+    old = reuse_published_ids(landing)
     lake, registry = tree_bytes(home / "lake"), registry_state(home)
     with pytest.raises(DataValidationError, match="event_id") as err:
         _run(home, base[1], landing)

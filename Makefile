@@ -54,7 +54,8 @@ demo-next:
 test: venv
 	$(BIN)/pytest -q
 
-# Airflow's own UI on loopback, this project's DAGs, few worker processes (STACK 8, 21).
+# Airflow's own UI on loopback (standalone binds 0.0.0.0 unless told), this project's DAGs, few worker
+# processes (standalone starts `parallelism` of them, 32 by default: about 5 GB).
 airflow-ui: venv
 	@mkdir -p $(HOME_ABS)/airflow
 	@$(AIRFLOW_ENV) airflow db migrate >/dev/null
@@ -71,7 +72,7 @@ mlflow-ui: venv
 clean:
 	rm -rf $(HOME_ABS)
 
-# Training throughput per architecture, one JSON line each (bench/train_bench.py; issue 4). Generates a 14-day,
+# Training throughput per architecture, one JSON line each (bench/train_bench.py). Generates a 14-day,
 # 2.1M-impression landing folder once under $(BENCH_DIR). Override e.g. BENCH_ARGS='--peer-config --models mmoe,ple'
 # or add '--set train.precision=bf16' (CPUs with AVX512-BF16: ~1.8x faster, same AUC here).
 BENCH_DIR ?= .mtl/bench

@@ -20,10 +20,10 @@ def main() -> None:
     from test_bad_inputs import CASES, D3
 
     from pipeline.config import load_config
+    from pipeline.data.generate import generate
+    from pipeline.data.ingest import ingest
+    from pipeline.data.validate import validate
     from pipeline.errors import MTLError
-    from pipeline.generate import generate
-    from pipeline.ingest import ingest
-    from pipeline.validate import validate
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -32,11 +32,11 @@ def main() -> None:
     args = p.parse_args()
 
     from pipeline.config import load_config
-    from pipeline.evaluate import evaluate
-    from pipeline.generate import generate
-    from pipeline.registry import register
+    from pipeline.data.generate import generate
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.release import register
     from pipeline.run import run_all
-    from pipeline.score import score
+    from pipeline.serving.score import score
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-evaluate-"))
     landing = root / "landing"

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from pipeline import metrics
+from pipeline.evaluation import metrics
 
 
 def _timed(label: str, fn, *args, **kwargs) -> float:

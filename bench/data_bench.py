@@ -29,9 +29,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline.config import load_config
-    from pipeline.generate import generate
-    from pipeline.ingest import ingest
-    from pipeline.validate import validate
+    from pipeline.data.generate import generate
+    from pipeline.data.ingest import ingest
+    from pipeline.data.validate import validate
 
     rows = args.days * args.impressions
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Feature-building speed and memory (issue 3 item 7), and MiniLM embedding throughput on CPU.
+"""Feature-building speed and memory , and MiniLM embedding throughput on CPU.
 
     .venv/bin/python bench/features_bench.py [--work DIR] [--days 14] [--impressions 150000] [--users 200000]
                                              [--items 50000] [--sample 2000] [--threads 2]
@@ -32,7 +32,7 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[Path, str]:
     """Landing + lake under `work`, reused when the sizes match. Returns (home, last date)."""
     import datetime as dt
 
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
     from pipeline.paths import Layout
 
     key = f"d{args.days}-i{args.impressions}-u{args.users}-it{args.items}"
@@ -58,7 +58,7 @@ def build(home: str, date: str, run_id: str, threads: int) -> None:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.features import build_features
+    from pipeline.features.build import build_features
 
     torch.set_num_threads(threads)
     cfg = load_config(home=home)
@@ -77,8 +77,8 @@ def throughput(sample: int, threads: int) -> tuple[float, float]:
     import torch
 
     from pipeline.config import TextConfig
-    from pipeline.generate import ADJECTIVES, CATEGORIES, COLORS, MATERIALS
-    from pipeline.text import embed, load_encoder
+    from pipeline.data.generate import ADJECTIVES, CATEGORIES, COLORS, MATERIALS
+    from pipeline.features.text import embed, load_encoder
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(1)

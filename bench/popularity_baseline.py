@@ -29,7 +29,7 @@ def auc(y: np.ndarray, s: np.ndarray) -> float:
 def main() -> None:
     import polars as pl
 
-    from pipeline.schema import TASKS
+    from pipeline.data.schema import TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("landing")

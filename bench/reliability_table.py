@@ -1,4 +1,4 @@
-"""Print the reliability table of issue 7 as Markdown: case | outcome | message.
+"""Print the reliability table as Markdown: case | outcome | message.
 
     .venv/bin/python bench/reliability_table.py            # data catalog rows + end-to-end rows (~3-4 min)
     .venv/bin/python bench/reliability_table.py --no-data  # only the end-to-end / crash / rerun rows
@@ -138,9 +138,9 @@ def scenarios(
         return "success", "not rejected"
 
     def killed_features() -> Outcome:
-        from pipeline.features import build_features
-        from pipeline.ingest import ingest
-        from pipeline.validate import validate
+        from pipeline.data.ingest import ingest
+        from pipeline.data.validate import validate
+        from pipeline.features.build import build_features
 
         home, _ = fresh()
         cfg = load_config(overrides=fast, home=home)
@@ -186,7 +186,7 @@ def scenarios(
 
     def unreachable() -> Outcome:
         from pipeline.errors import RegistryError
-        from pipeline.registry import register
+        from pipeline.release import register
 
         home, _ = fresh()
         _run(home, [*fast, "dry_run=true"], landing)
@@ -235,7 +235,7 @@ def main() -> None:
     from test_reliability import DAY, OPEN
 
     from pipeline.config import load_config
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
     from pipeline.run import run_all
 
     if not args.no_data:

@@ -1,4 +1,4 @@
-"""Training throughput of each architecture (issue 4 item 6). One JSON line per architecture:
+"""Training throughput of each architecture . One JSON line per architecture:
 
     {"model": ..., "samples_per_s": ..., "peak_rss_mb": ..., "auc": {task: ...}, ...}
 
@@ -7,7 +7,7 @@ ingest -> validate -> features run once for its last day (12 train days, 1 valid
 --work. Each architecture then trains in a fresh process (so peak RSS is its own) for one epoch; samples/s is
 train rows / wall time of the training pass (no evaluation inside); AUC is on the test day.
 
---peer-config: exactly the peers' setting (STACK.md): embedding 16, 4 experts [64], towers [32], batch 2048,
+--peer-config: exactly the peers' setting (torch-rechub / DeepCTR benches): embedding 16, 4 experts [64], towers [32], batch 2048,
 Adam lr 1e-3, 1 epoch, 2 torch threads, categorical features user_id, item_id, category, brand, shop_id, surface,
 position, age_bucket, gender, city_tier plus log price only; no dropout, no weight decay, no embedding L2.
 
@@ -50,7 +50,7 @@ def prepare(work: Path, landing: Path | None, peer: bool) -> Path:
     if landing is None:
         landing = work / "landing"
         if not (landing / "items.parquet").is_file():
-            from pipeline.generate import generate
+            from pipeline.data.generate import generate
 
             generate(landing, **SIZE)
     date = max(p.name[3:] for p in (landing / "impressions").iterdir() if p.name.startswith("dt="))
@@ -58,9 +58,9 @@ def prepare(work: Path, landing: Path | None, peer: bool) -> Path:
     overrides = DATA + ([f"features.categorical=[{','.join(PEER_CATS)}]", "features.history=false"] if peer else [])
     if (run_dir / "features" / "feature_spec.json").is_file():
         return run_dir
-    from pipeline.features import build_features
-    from pipeline.ingest import ingest
-    from pipeline.validate import validate
+    from pipeline.data.ingest import ingest
+    from pipeline.data.validate import validate
+    from pipeline.features.build import build_features
 
     cfg = load_config(None, overrides, home=home)
     t0 = time.perf_counter()
@@ -81,10 +81,12 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str], threads:
     """Train `name` for one epoch in this process -> the JSON row."""
     import torch
 
-    from pipeline import dataset, models, trainer
+    from pipeline import models
     from pipeline.config import load_config
-    from pipeline.metrics import auc
-    from pipeline.train import predict
+    from pipeline.evaluation.metrics import auc
+    from pipeline.features import dataset
+    from pipeline.training import trainer
+    from pipeline.training.train import predict
 
     cfg = load_config(None, (PEER if peer else []) + [f"model.name={name}"] + overrides, home=run_dir.parent.parent)
     torch.set_num_threads(threads or cfg.train.threads or 2)
@@ -134,8 +136,8 @@ def run_rechub(name: str, run_dir: Path, threads: int) -> dict:
     from torch_rechub.trainers import MTLTrainer
     from torch_rechub.utils.data import DataGenerator
 
-    from pipeline.dataset import read_spec
-    from pipeline.metrics import auc
+    from pipeline.evaluation.metrics import auc
+    from pipeline.features.dataset import read_spec
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

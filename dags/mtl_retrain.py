@@ -139,7 +139,7 @@ def wait_for_landing(info: dict) -> bool:
 @task
 def ingest(info: dict) -> dict:
     """Stage landing day D (and unseen earlier days) with contract types; nothing reaches the lake yet."""
-    from pipeline.ingest import ingest as run
+    from pipeline.data.ingest import ingest as run
 
     try:
         return run(_cfg(info), info["landing"], info["date"], info["run_id"])
@@ -151,7 +151,7 @@ def ingest(info: dict) -> dict:
 @task(retries=0, outlets=[LAKE])
 def validate(info: dict) -> dict:
     """Great Expectations + contract rules on the staged days; on pass, publish them into the lake."""
-    from pipeline.validate import validate as run
+    from pipeline.data.validate import validate as run
 
     try:
         out = run(_cfg(info), info["date"], info["run_id"])
@@ -166,7 +166,7 @@ def validate(info: dict) -> dict:
 @task
 def features(info: dict) -> dict:
     """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
-    from pipeline.features import build_features
+    from pipeline.features.build import build_features
 
     try:
         return build_features(_cfg(info), info["date"], info["run_id"])
@@ -176,7 +176,7 @@ def features(info: dict) -> dict:
 
 
 def _train(info: dict, name: str) -> dict:
-    from pipeline.train import train_model
+    from pipeline.training.train import train_model
 
     cfg = _cfg(info)
     if cfg.train.threads:
@@ -208,7 +208,7 @@ def train_baseline(info: dict, task_name: str) -> dict:
 @task(trigger_rule="none_failed")
 def evaluate(info: dict) -> dict:
     """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
-    from pipeline.evaluate import evaluate as run
+    from pipeline.evaluation.evaluate import evaluate as run
 
     try:
         return run(_cfg(info), info["run_id"])

@@ -49,33 +49,33 @@ def _run_id(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args):
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
 
     return generate(args.out, days=args.days, impressions_per_day=args.impressions_per_day, users=args.users,
                     items=args.items, seed=args.seed, start_date=args.start_date)
 
 
 def cmd_ingest(args):
-    from pipeline.ingest import ingest
+    from pipeline.data.ingest import ingest
 
     return ingest(_cfg(args), _need(args, "landing"), _need(args, "date"), args.run_id)
 
 
 def cmd_validate(args):
-    from pipeline.validate import validate
+    from pipeline.data.validate import validate
 
     return validate(_cfg(args), _need(args, "date"), args.run_id)
 
 
 def cmd_features(args):
-    from pipeline.features import build_features
+    from pipeline.features.build import build_features
 
     return build_features(_cfg(args), _need(args, "date"), args.run_id)
 
 
 def cmd_train(args):
     from pipeline.run import model_names
-    from pipeline.train import train_model
+    from pipeline.training.train import train_model
 
     cfg, run_id = _cfg(args), _run_id(args)
     names = [args.name] if args.name else model_names(cfg)
@@ -83,13 +83,13 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluation.evaluate import evaluate
 
     return evaluate(_cfg(args), _run_id(args))
 
 
 def cmd_register(args):
-    from pipeline.registry import register
+    from pipeline.release import register
 
     cfg = _cfg(args)
     if args.run_dir:
@@ -111,13 +111,13 @@ def cmd_show(args):
 
 
 def cmd_score(args):
-    from pipeline.score import score
+    from pipeline.serving.score import score
 
     return score(_cfg(args), args.model, args.landing, args.date, args.out)
 
 
 def cmd_import(args):
-    from pipeline.adapters import import_dataset
+    from pipeline.data.adapters import import_dataset
 
     return import_dataset(args.name, args.src, args.out)
 

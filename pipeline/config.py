@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from pipeline.errors import ConfigError
-from pipeline.schema import TASKS
+from pipeline.data.schema import TASKS
 
 MODEL_NAMES = ("shared_bottom", "omoe", "mmoe", "ple", "esmm", "aitm", "single_task")
 WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")

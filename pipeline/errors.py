@@ -58,9 +58,5 @@ class RegistryError(MTLError):
     """The model registry cannot be reached or refused an operation."""
 
 
-class GateFailed(MTLError):
-    """The challenger did not pass the promotion gate (raised only where a caller asks to fail on it)."""
-
-
 class ConcurrentRunError(MTLError):
     """Another run for the same home and date holds the lock."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import MODEL_NAMES, WEIGHTINGS, Config, load_config, parse_override
-from pipeline.schema import TASKS
+from pipeline.data.schema import TASKS
 
 LANDING = "landing"
 OVERRIDES = "overrides"
@@ -99,7 +99,7 @@ def airflow_params(defaults: Config | None = None, landing: str = "") -> dict[st
         if f.minimum is not None:
             schema["minimum"] = f.minimum
         if f.key == "model.tasks":
-            # An items.enum renders as a textarea; examples give a multi-select (STACK 16). load_config checks.
+            # An items.enum renders as a textarea; examples give a multi-select (Airflow 3.3). load_config checks.
             schema.update(examples=list(TASKS), items={"type": "string"}, minItems=1)
         out[param_name(f.key)] = Param(value, **schema)
     out[LANDING] = Param(landing, type="string", title="Landing folder",

@@ -1,12 +1,9 @@
-"""MLflow: log a run, register its model version, apply the gate to the `champion` alias (never stages).
+"""The MLflow layer, the only module that talks to a tracking server or registry (aliases, never stages).
 
-    register(cfg, run_id="2026-01-10")             # or register(cfg, run_dir=".mtl/runs/2026-01-10")
-      -> {"run_id", "version", "champion": bool, "gate": "passed"|"failed"}   + runs/<id>/registration.json
-
-Everything a version needs is read from the saved run folder (evaluation.json, features, models), so a run
-whose registration failed (tracking server down) is registered later from its outputs. The champion alias is
-the last thing written, so a failure part-way never moves it. Version tags: gate, gate_reasons, data_date,
-run_id, config_hash, git_commit, dag_run_id, rerun_of; hand moves add promoted_by/why or rolled_back_by/why.
+Connect (with retries, naming the URI), look up aliases, score with a registered version in a fresh interpreter
+(`predict_isolated`), log a run with its pyfunc model version (`log_version`), tag it and move the aliases
+(`finish_version`: `champion` last), and move `champion` by hand (`promote`, `rollback`). The register stage that
+decides whether to move it is `pipeline.release`.
 """
 
 from __future__ import annotations
@@ -15,12 +12,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Config
 from pipeline.errors import RegistryError
-from pipeline.io import read_json, write_json
-from pipeline.paths import EVALUATION_FILE, REGISTRATION_FILE, Layout
+from pipeline.paths import EVALUATION_FILE, Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FROM_GATE = "champion_from_gate"
@@ -90,10 +89,68 @@ def alias_version(client, name: str, alias: str):
         return None
 
 
+# Scores in a fresh interpreter that has not imported `pipeline`: MLflow puts the model's bundled copy of the
+# code (code_paths) first on sys.path, so a version registered by older code still loads after the code moved on.
+_RUNNER = """
+import json, sys
+import mlflow
+from mlflow.exceptions import MlflowException
+uri, model_uri, src, dst = sys.argv[1:5]
+mlflow.set_tracking_uri(uri)
+mlflow.set_registry_uri(uri)
+def fail(code, msg):
+    print("MTL-ERROR:" + json.dumps(msg), file=sys.stderr)
+    sys.exit(code)
+try:
+    model = mlflow.pyfunc.load_model(model_uri)
+except Exception as exc:
+    fail(3, f"cannot load model {model_uri!r}: {type(exc).__name__}: {exc}")
+import pandas as pd
+try:
+    out = model.predict(pd.read_parquet(src))
+except MlflowException as exc:
+    fail(2, exc.message)
+out.to_parquet(dst, index=False)
+"""
+
+
+def predict_isolated(cfg: Config, model_uri: str, rows: pd.DataFrame, timeout_s: float = 3600) -> pd.DataFrame:
+    """Score raw rows with a registered model (e.g. `models:/ecommerce-mtl@champion`) in a subprocess.
+
+    Raises RegistryError when the model cannot be found or loaded, DataValidationError when it refuses the rows.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import pandas as pd
+
+    from pipeline.errors import DataValidationError, RuleFailure
+
+    connect(cfg)  # fails fast, naming the URI, when the tracking server is down
+    uri = tracking_uri(cfg)
+    with tempfile.TemporaryDirectory(prefix="mtl-score-") as tmp:
+        src, dst = Path(tmp) / "rows.parquet", Path(tmp) / "out.parquet"
+        rows.to_parquet(src, index=False)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        try:
+            proc = subprocess.run([sys.executable, "-c", _RUNNER, uri, model_uri, str(src), str(dst)], env=env,
+                                  cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise RegistryError(f"scoring with {model_uri!r} took longer than {timeout_s:g} s") from None
+        if proc.returncode == 0:
+            return pd.read_parquet(dst)
+    marked = [ln for ln in proc.stderr.splitlines() if ln.startswith("MTL-ERROR:")]
+    msg = json.loads(marked[-1][len("MTL-ERROR:"):]) if marked else proc.stderr.strip()[-2000:]
+    if proc.returncode == 2:
+        raise DataValidationError([RuleFailure("scoring request", "*", msg, len(rows))], where="scoring request")
+    raise RegistryError(f"scoring with {model_uri!r} failed (exit {proc.returncode}): {msg}")
+
+
+
 def champion_predictions(cfg: Config, raw) -> tuple[dict[str, Any], Any] | None:
     """Re-score raw contract rows (pandas) with the current champion: (info, frame with p_<task>) or None."""
-    from pipeline.score import predict_isolated
-
     client = connect(cfg)
     mv = alias_version(client, cfg.registry.model_name, CHAMPION)
     if mv is None:
@@ -107,14 +164,15 @@ def _experiment_id(client, cfg: Config) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    # A database-backed store (SQLite, PostgreSQL...) would put artifacts in ./mlruns of the cwd (STACK item 10);
+    # A database-backed store (SQLite, PostgreSQL...) would put artifacts in ./mlruns of the cwd at experiment creation;
     # a tracking server chooses its own artifact root.
     if not tracking_uri(cfg).startswith(("http://", "https://", "databricks")):
         location = Layout.of(cfg.home).mlflow_artifacts.as_uri()
     return client.create_experiment(cfg.registry.experiment, artifact_location=location)
 
 
-def _earlier_versions(client, name: str, data_date: str) -> list:
+def earlier_versions(client, name: str, data_date: str) -> list:
+    """Versions of model `name` registered for `data_date`, oldest first."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -124,92 +182,48 @@ def _earlier_versions(client, name: str, data_date: str) -> list:
     return sorted((v for v in versions if v.tags.get("data_date") == data_date), key=lambda v: int(v.version))
 
 
-def _check_inputs(cfg: Config, run_dir: Path, report: dict[str, Any]) -> None:
-    """Everything the model bundle needs, checked before anything is written to MLflow."""
-    layout = Layout.of(cfg.home)
-    need = [run_dir / "models" / "mtl" / "meta.json", run_dir / "features" / "feature_spec.json",
-            run_dir / "features" / "state", layout.snapshot("users", report["date"]),
-            layout.snapshot("items", report["date"]), layout.impressions_dir(report["date"])]
-    need += [run_dir / rel for rel in report["predictions"].values()]
-    missing = [str(p) for p in need if not p.exists()]
-    if missing:
-        raise RegistryError(f"cannot register run {run_dir.name}: missing {missing} (the run folder and the lake of "
-                            f"home {layout.home} must hold the run's outputs and its data date {report['date']})")
-
-
-def _set_tags(client, name: str, version: str, tags: dict[str, Any]) -> None:
+def set_tags(client, name: str, version: str, tags: dict[str, Any]) -> None:
+    """Set every non-None tag on a model version (values cut to MLflow's tag length)."""
     for key, value in tags.items():
         if value is not None:
             client.set_model_version_tag(name, version, key, str(value)[:4900])
 
 
-def register(cfg: Config, run_id: str | None = None, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Log run `run_id` (or the saved folder `run_dir`) to MLflow, register it, apply the gate."""
-    from pipeline import evaluate as ev_mod
-    from pipeline import gate, modelcard
-
-    if run_dir is None and run_id is None:
-        raise RegistryError("register needs run_id or run_dir")
-    run_dir = Path(run_dir) if run_dir is not None else Layout.of(cfg.home).run_dir(run_id)
-    run_id = run_id or run_dir.name
-    ev_path = run_dir / EVALUATION_FILE
-    if not ev_path.is_file():
-        raise RegistryError(f"cannot register run {run_id}: {ev_path} is missing (run evaluate first)")
-    report = read_json(ev_path)
-    _check_inputs(cfg, run_dir, report)
-    client = connect(cfg)
+def finish_version(client, cfg: Config, version: str, card: str, tags: dict[str, Any], move: bool,
+                   previous: Any) -> None:
+    """Describe and tag a new version, point `challenger` at it and, when `move`, `champion` last of all (so a
+    failure part-way never moves it)."""
     name = cfg.registry.model_name
-    champ = alias_version(client, name, CHAMPION)
-    evaluated = (report["comparison"].get("champion") or {}).get("version")
-    if report["comparison"].get("champion_error") or evaluated != (None if champ is None else int(champ.version)):
-        report = ev_mod.refresh_champion(cfg, run_dir, report)  # the champion moved since evaluation
-    decision = gate.decide(report["comparison"], cfg.gate)
-    earlier = _earlier_versions(client, name, report["date"])
-    blocked = [v for v in earlier if v.tags.get(FROM_GATE) == "true"]
-    reasons = list(decision.reasons)
-    if blocked:
-        reasons.append(f"rerun for data date {report['date']}: version {blocked[0].version} already moved the "
-                       "champion for it; not moved again")
-    tags = {"gate": "passed" if decision.passed else "failed", "gate_reasons": "\n".join(reasons),
-            "data_date": report["date"], "run_id": run_id, "config_hash": cfg.hash(),
-            "git_commit": modelcard.git_commit(), "dag_run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
-            "rerun_of": int(earlier[0].version) if earlier else None}
-    mlflow_run, version = _log_run(cfg, client, run_dir, report, decision, tags)
-    move = decision.passed and not blocked
-    card = modelcard.render(cfg, run_dir, report, decision, version=version, tags=tags, champion_moved=move)
     client.update_model_version(name, version, description=card)
-    _set_tags(client, name, version, tags)
+    set_tags(client, name, version, tags)
     client.set_registered_model_alias(name, CHALLENGER, version)
     if move:
         client.set_model_version_tag(name, version, FROM_GATE, "true")
-        if champ is not None:
-            client.set_model_version_tag(name, version, "previous_champion", champ.version)
+        if previous is not None:
+            client.set_model_version_tag(name, version, "previous_champion", previous.version)
         client.set_registered_model_alias(name, CHAMPION, version)
-    result = {"run_id": run_id, "version": int(version), "champion": move, "gate": tags["gate"],
-              "reasons": reasons, "mlflow_run_id": mlflow_run, "model_uri": f"models:/{name}/{version}",
-              "tracking_uri": tracking_uri(cfg), "rerun_of": tags["rerun_of"]}
-    write_json(run_dir / REGISTRATION_FILE, result)
-    return result
 
 
-def _log_run(cfg: Config, client, run_dir: Path, report: dict, decision, tags: dict) -> tuple[str, str]:
-    """One MLflow run: params, metrics, report, Data Docs, plots, model card, and the pyfunc model version."""
+def log_version(cfg: Config, client, run_dir: Path, report: dict, tags: dict, metrics: dict[str, float],
+                plots_dir: Path) -> tuple[str, str]:
+    """One MLflow run (params, metrics, report, Data Docs, plots) and the pyfunc model version it registers:
+    -> (MLflow run id, version)."""
     import mlflow
 
-    from pipeline import modelcard, plots, serving
+    from pipeline.serving import pyfunc as serving
 
     exp_id = _experiment_id(client, cfg)
     with mlflow.start_run(experiment_id=exp_id, run_name=str(tags["run_id"])) as run:
         mlflow.set_tags({k: str(v)[:4900] for k, v in tags.items() if v is not None})
         mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
-        mlflow.log_metrics(modelcard.flat_metrics(report))
+        mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(run_dir / EVALUATION_FILE))
         docs = run_dir / "validation"
         if docs.is_dir():
             mlflow.log_artifacts(str(docs), "validation")
         with tempfile.TemporaryDirectory(prefix="mtl-register-") as tmp:
             tmp = Path(tmp)
-            mlflow.log_artifacts(str(plots.make_plots(run_dir, report, tmp / "plots")), "plots")
+            mlflow.log_artifacts(str(plots_dir), "plots")
             info = _bundle_info(cfg, report, tags)
             layout = Layout.of(cfg.home)
             bundle = serving.build_bundle(run_dir, tmp / "bundle", layout.snapshot("users", report["date"]),
@@ -224,7 +238,7 @@ def _log_run(cfg: Config, client, run_dir: Path, report: dict, decision, tags: d
 
 
 def _bundle_info(cfg: Config, report: dict, tags: dict) -> dict[str, Any]:
-    from pipeline.score import effective_exponents, formula
+    from pipeline.serving.fused import effective_exponents, formula
 
     exps = effective_exponents(cfg.serving.score_exponents, report["tasks"])
     return {"tasks": report["tasks"], "exponents": exps, "formula": formula(exps),

@@ -40,11 +40,11 @@ def run_all(
     run_id = run_id or day.isoformat()
     out: dict[str, Any] = {"run_id": run_id, "date": day.isoformat()}
     with run_lock(cfg.home, day):  # taken before the heavy imports: a locked date fails at once
-        from pipeline.evaluate import evaluate
-        from pipeline.features import build_features
-        from pipeline.ingest import ingest
-        from pipeline.train import train_model
-        from pipeline.validate import validate
+        from pipeline.data.ingest import ingest
+        from pipeline.data.validate import validate
+        from pipeline.evaluation.evaluate import evaluate
+        from pipeline.features.build import build_features
+        from pipeline.training.train import train_model
 
         out["ingest"] = ingest(cfg, landing, day, run_id)
         out["validate"] = validate(cfg, day, run_id)
@@ -57,7 +57,7 @@ def run_all(
         if cfg.dry_run:
             log.info("dry run: nothing registered for run %s", run_id)
             return out
-        from pipeline.registry import register
+        from pipeline.release import register
 
         out["register"] = register(cfg, run_id=run_id)
     return out

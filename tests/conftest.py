@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-Airflow reads its configuration the first time `airflow` is imported (STACK items 1-3), so the environment
+Airflow reads its configuration the first time `airflow` is imported, so the environment
 is set here at conftest import time, before any test module can import it. No unit-test mode: it would load
 Airflow's own test config (examples on, a dags folder inside Airflow's tree).
 """
@@ -47,7 +47,7 @@ FAST = [
 def tiny_landing(tmp_path_factory) -> Path:
     """A generated landing folder: 10 days 2026-01-01..2026-01-10, 3000 impressions a day. Read-only: copy it
     before changing anything."""
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
 
     out = tmp_path_factory.mktemp("tiny") / "landing"
     generate(out, **TINY)

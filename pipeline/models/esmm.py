@@ -2,7 +2,7 @@
 p(ctcvr) = p(ctr) * p(cvr), composed in log space. Losses go on ctr and ctcvr over all impressions (and on any
 other entire-space task asked for, e.g. cart); cvr has no direct loss - it is learnt through ctcvr = ctr x cvr,
 which makes its output p(purchase | click), meaningful on clicked rows, without the clicked-only sample bias.
-The loss on ctcvr is kept whatever subset of tasks is asked for (a peer drops it when the task list is short)."""
+The loss on ctcvr is kept whatever subset of tasks is asked for (torch-rechub's trainer drops it when the task list is short)."""
 
 from __future__ import annotations
 

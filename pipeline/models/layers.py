@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 if TYPE_CHECKING:
     from pipeline.config import ModelConfig
-    from pipeline.dataset import InputSpec
+    from pipeline.features.dataset import InputSpec
 
 
 SPARSE_MIN_ROWS = 4096  # features with at least this many ids get the sparse table
@@ -73,7 +73,7 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
     if not cols:
         return None
     table = nn.Embedding(sum(card[j] for j in cols), dim, sparse=sparse)
-    nn.init.normal_(table.weight, std=0.01)  # small: ids start near-neutral (peer bench: +0.0015 AUC vs 0.05)
+    nn.init.normal_(table.weight, std=0.01)  # small: ids start near-neutral (bench/train_bench.py --peer-config: +0.0015 AUC vs std 0.05)
     return table
 
 

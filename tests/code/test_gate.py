@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import gate
 from pipeline.config import GateConfig
-from pipeline.metrics import auc
+from pipeline.evaluation import gate
+from pipeline.evaluation.metrics import auc
 
 CFG = GateConfig(min_champion_delta=0.0, max_baseline_regression=0.01, bootstrap=50)
 

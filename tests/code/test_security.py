@@ -1,4 +1,4 @@
-"""Security basics (issue 7): no unpickling from disk, servers on loopback, no committed secrets, Airflow
+"""Security basics: no unpickling from disk, servers on loopback, no committed secrets, Airflow
 authentication kept on, text cut before it reaches the tokenizer.
 
 Published docker ports (127.0.0.1 only) and secrets in docker/compose.yaml are checked in test_docker.py.
@@ -269,7 +269,7 @@ def encoder():
     import torch
 
     from pipeline.config import TextConfig
-    from pipeline.text import load_encoder
+    from pipeline.features.text import load_encoder
 
     torch.set_num_threads(1)
     return load_encoder(TextConfig(), device="cpu")
@@ -290,7 +290,7 @@ def test_long_title_is_cut_before_the_tokenizer(encoder):
     import numpy as np
 
     from pipeline.config import TextConfig
-    from pipeline.text import embed, tokenize
+    from pipeline.features.text import embed, tokenize
 
     tcfg = TextConfig(max_chars=512)
     title = "leather backpack 🎒 حقيبة " * 400

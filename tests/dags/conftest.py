@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
-    """Create the SQLite metadata DB (STACK 3: dag.test needs it) in the temp AIRFLOW_HOME of conftest."""
+    """Create the SQLite metadata DB (dag.test needs it: no such table: task_instance otherwise) in the temp AIRFLOW_HOME of conftest."""
     from airflow.utils.db import initdb
 
     initdb()

@@ -101,7 +101,7 @@ def standalone(tmp_path_factory, tiny_landing):
     }
     (root / "airflow").mkdir()
     with open(root / "standalone.log", "wb") as log:
-        # Its own process group (start_new_session): one signal stops every component (STACK 8).
+        # Its own process group (start_new_session): one signal stops every component (SIGTERM to standalone alone leaves them running).
         proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         api = Api(f"http://127.0.0.1:{port}")
@@ -166,7 +166,7 @@ def test_trigger_with_params_through_the_rest_api(standalone):
     assert rejected.value.code == 400
     conf = {"model__name": "ple", "model__tasks": ["ctr", "cvr"], "train__epochs": 1, "text__enabled": False,
             "train__baselines": False, "overrides": FAST_CONF}
-    # run_after = the logical date: the catch-up run that unpausing creates (STACK 6) then queues behind ours.
+    # run_after = the logical date: the catch-up run that unpausing creates (catchup=False still runs the latest missed slot) then queues behind ours.
     run = api.call("POST", "/api/v2/dags/mtl_retrain/dagRuns",
                    {"logical_date": "2026-01-10T00:00:00Z", "run_after": "2026-01-10T00:00:00Z", "conf": conf})
     api.call("PATCH", "/api/v2/dags/mtl_retrain", {"is_paused": False})

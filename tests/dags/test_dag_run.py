@@ -57,7 +57,7 @@ def test_dag_run_ends_with_a_champion_that_loads_and_scores(airflow_db, tiny_lan
     import mlflow
     import polars as pl
 
-    from pipeline.score import read_landing_day
+    from pipeline.serving.score import read_landing_day
 
     uri = f"sqlite:///{tmp_home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

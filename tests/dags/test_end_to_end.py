@@ -62,7 +62,7 @@ def test_run_registers_a_champion(run_home):
 def test_score_gives_probabilities_for_every_row(run_home, tiny_landing, tmp_path, capsys):
     import polars as pl
 
-    from pipeline.score import read_landing_day
+    from pipeline.serving.score import read_landing_day
 
     home, sets = run_home
     out = tmp_path / "scores.parquet"

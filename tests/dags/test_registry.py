@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import metrics
 from pipeline.config import load_config
+from pipeline.evaluation import metrics
 
 DATE, PREVIOUS = "2026-01-10", "2026-01-09"  # the last two days of tiny_landing
 NAME = "ecommerce-mtl"
@@ -48,7 +48,8 @@ def aliases(home: Path) -> dict[str, int]:
 
 
 def test_gate_aliases_reruns_and_hand_moves(home, fast_overrides_session):
-    from pipeline.registry import promote, register, rollback
+    from pipeline.registry import promote, rollback
+    from pipeline.release import register
 
     fast = fast_overrides_session
     first = register(config(home, fast, *OPEN), run_id=PREVIOUS)
@@ -101,7 +102,7 @@ def test_version_is_worth_browsing(home, fast_overrides_session):
     """Model card, plots, report, Data Docs, signature and input example are all on the version."""
     import mlflow
 
-    from pipeline.registry import register
+    from pipeline.release import register
 
     out = register(config(home, fast_overrides_session, *OPEN), run_id=DATE)
     c = client(home)
@@ -124,7 +125,7 @@ def test_version_is_worth_browsing(home, fast_overrides_session):
     # The version carries its own copy of the code, so it still loads after the code base moves on.
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(home / "dl")))
     assert info.flavors["python_function"]["code"] == "code"
-    assert (local / "code" / "pipeline" / "serving.py").is_file()
+    assert (local / "code" / "pipeline" / "serving" / "pyfunc.py").is_file()
     assert not list((local / "code").rglob("__pycache__"))
     assert (local / "artifacts" / "bundle" / "features" / "state").is_dir()
     assert not list(local.rglob("*.pkl"))  # built from code on load: no pickle to trust
@@ -135,8 +136,8 @@ def test_pyfunc_scores_raw_rows_like_the_trainer(home, fast_overrides_session):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.evaluate import raw_test_rows
-    from pipeline.registry import register
+    from pipeline.evaluation.evaluate import raw_test_rows
+    from pipeline.release import register
 
     cfg = config(home, fast_overrides_session, *OPEN)
     register(cfg, run_id=DATE)
@@ -179,7 +180,7 @@ def _closed_port() -> int:
 
 def test_unreachable_server_loses_nothing_and_registers_later(home, fast_overrides_session):
     from pipeline.errors import RegistryError
-    from pipeline.registry import register
+    from pipeline.release import register
 
     run_dir = home / "runs" / DATE
     before = {p.name: p.read_bytes() for p in run_dir.glob("*.json")}
@@ -199,7 +200,7 @@ def test_unreachable_server_loses_nothing_and_registers_later(home, fast_overrid
 
 def test_incomplete_run_folder_is_refused_before_mlflow_is_touched(home, fast_overrides_session):
     from pipeline.errors import RegistryError
-    from pipeline.registry import register
+    from pipeline.release import register
 
     shutil.rmtree(home / "runs" / DATE / "models" / "mtl")
     with pytest.raises(RegistryError, match=r"missing .*models/mtl/meta\.json"):
@@ -212,8 +213,8 @@ def test_incomplete_run_folder_is_refused_before_mlflow_is_touched(home, fast_ov
 
 def test_a_champion_that_cannot_be_rescored_blocks_the_gate(home, fast_overrides_session):
     """Its artifacts are gone: evaluation still reports the run, the gate fails saying why, nothing moves."""
-    from pipeline.evaluate import evaluate
-    from pipeline.registry import register
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.release import register
 
     cfg = config(home, fast_overrides_session, *OPEN)
     assert register(cfg, run_id=PREVIOUS)["champion"] is True

@@ -1,4 +1,4 @@
-"""Reliability end to end (issue 7): odd but legal test days, a rejected day, a killed feature writer, two
+"""Reliability end to end: odd but legal test days, a rejected day, a killed feature writer, two
 runs of one date at once. The data-only catalog is tests/data/test_bad_inputs.py; reruns of a date are in
 test_end_to_end.py; training SIGKILL + resume is in tests/model/test_resume.py.
 
@@ -202,9 +202,9 @@ def test_rejected_day_changes_neither_lake_nor_registry(base, home, tiny_landing
 
 CHILD = """
 import sys, time
-from pipeline import feature_state
+from pipeline.features import state as feature_state
 from pipeline.config import load_config
-from pipeline.features import build_features
+from pipeline.features.build import build_features
 
 home, day, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 real_save = feature_state.FeatureState.save
@@ -244,9 +244,9 @@ def _kill_mid_write(home: Path, overrides) -> list[str]:
 
 
 def test_killed_feature_writer_leaves_nothing_partial(base, home, tiny_landing):
-    from pipeline.features import build_features
-    from pipeline.ingest import ingest
-    from pipeline.validate import validate
+    from pipeline.data.ingest import ingest
+    from pipeline.data.validate import validate
+    from pipeline.features.build import build_features
 
     cfg = load_config(overrides=list(base[1]), home=home)
     ingest(cfg, tiny_landing, TEST_DAY)

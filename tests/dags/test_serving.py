@@ -27,7 +27,7 @@ def served(tmp_path_factory, trained_home, fast_overrides_session):
     """A home whose registry holds one champion (the run of DATE); returns (cfg, home)."""
     import shutil
 
-    from pipeline.registry import register
+    from pipeline.release import register
 
     home = tmp_path_factory.mktemp("serving") / "home"
     shutil.copytree(trained_home, home)
@@ -38,7 +38,7 @@ def served(tmp_path_factory, trained_home, fast_overrides_session):
 
 def test_score_a_landing_day(served, tiny_landing, tmp_path):
     from pipeline.errors import IngestError, RegistryError
-    from pipeline.score import score
+    from pipeline.serving.score import score
 
     cfg, _ = served
     out = tmp_path / "scores.parquet"

@@ -19,7 +19,7 @@ DAYS = ("2026-02-01", "2026-02-02", "2026-02-03")
 
 @pytest.fixture(scope="session")
 def small_landing(tmp_path_factory) -> Path:
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
 
     out = tmp_path_factory.mktemp("small") / "landing"
     generate(out, **SMALL)
@@ -30,8 +30,8 @@ def small_landing(tmp_path_factory) -> Path:
 def base_home(tmp_path_factory, small_landing) -> Path:
     """A home whose lake holds days 01 and 02 (published through the real ingest + validate)."""
     from pipeline.config import load_config
-    from pipeline.ingest import ingest
-    from pipeline.validate import validate
+    from pipeline.data.ingest import ingest
+    from pipeline.data.validate import validate
 
     home = tmp_path_factory.mktemp("base") / "home"
     cfg = load_config(home=home)

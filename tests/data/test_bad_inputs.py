@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.data.ingest import ingest
+from pipeline.data.validate import validate
 from pipeline.errors import DataValidationError, IngestError
-from pipeline.ingest import ingest
 from pipeline.paths import Layout
-from pipeline.validate import validate
 
 D3 = "2026-02-03"
 

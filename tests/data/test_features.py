@@ -1,4 +1,4 @@
-"""pipeline.features on a small lake: time splits, train-only vocabularies and stats, transform == stored."""
+"""pipeline.features.build on a small lake: time splits, train-only vocabularies and stats, transform == stored."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import FeatureError
-from pipeline.features import build_features, split_dates, transform
+from pipeline.features.build import build_features, split_dates, transform
 from pipeline.paths import Layout
 
 LAST = "2026-01-10"

@@ -9,9 +9,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.data.generate import generate
+from pipeline.data.schema import IMPRESSIONS, ITEMS, USERS
 from pipeline.errors import ConfigError
-from pipeline.generate import generate
-from pipeline.schema import IMPRESSIONS, ITEMS, USERS
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.history import EVENTS, KEYS, add_history, build_history, feature_names
+from pipeline.features.history import EVENTS, KEYS, add_history, build_history, feature_names
 
 WINDOWS = (1, 3)
 S = 5.0

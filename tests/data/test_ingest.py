@@ -9,11 +9,11 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.data.ingest import fingerprint, ingest, staging_dir
+from pipeline.data.schema import IMPRESSIONS, ITEMS, USERS
+from pipeline.data.validate import validate
 from pipeline.errors import DataValidationError, IngestError
-from pipeline.ingest import fingerprint, ingest, staging_dir
 from pipeline.paths import Layout
-from pipeline.schema import IMPRESSIONS, ITEMS, USERS
-from pipeline.validate import validate
 
 D1, D2, D3 = "2026-02-01", "2026-02-02", "2026-02-03"
 
@@ -140,11 +140,11 @@ def test_sigkill_mid_ingest_leaves_nothing_half_written(tmp_path):
     import time
 
     from pipeline.config import load_config
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
 
     landing, home = tmp_path / "landing", tmp_path / "home"
     generate(landing, days=12, impressions_per_day=10000, users=2000, items=500, seed=5, start_date="2026-04-01")
-    code = ("from pipeline.config import load_config; from pipeline.ingest import ingest; "
+    code = ("from pipeline.config import load_config; from pipeline.data.ingest import ingest; "
             f"ingest(load_config(home={str(home)!r}), {str(landing)!r}, '2026-04-12')")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "POLARS_MAX_THREADS": "1"})
     root = home / "staging"

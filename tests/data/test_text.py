@@ -11,9 +11,9 @@ import pytest
 
 from pipeline.config import TextConfig, load_config
 from pipeline.errors import FeatureError
-from pipeline.features import build_features, transform
+from pipeline.features.build import build_features, transform
+from pipeline.features.text import TextTable, embed, encoder_key, load_encoder
 from pipeline.paths import Layout
-from pipeline.text import TextTable, embed, encoder_key, load_encoder
 
 TCFG = TextConfig(batch_size=4, max_length=32, max_chars=40)
 TEXTS = ["red leather wallet", "wireless headphones with a very long name that goes on", "mug", "blue mug",
@@ -134,20 +134,19 @@ def test_serving_embeds_texts_missing_from_the_table(small_landing, tmp_path, en
     raw = raw.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("brand new gadget never seen"))
                            .otherwise(pl.col("title")).alias("title"))
     capsys.readouterr()
-    frame, table = transform(raw, state, return_text_table=True)
-    assert "embedded 1/1" in capsys.readouterr().err
-    assert frame["text__title"][0] == len(stored) and len(table) == len(stored) + 1
-    assert np.array_equal(table[: len(stored)], stored)
+    frame = transform(raw, state)
+    assert "embedded 1/1" in capsys.readouterr().err  # the new title was embedded for its cosine feature
+    # Indices stay inside the stored table (what a trained model holds): the new title gets row 0.
+    assert frame["text__title"][0] == 0 and frame["text__title"].max() < len(stored)
     ref = embed(["brand new gadget never seen"], TextConfig(), encoder, progress=False)[0]
-    assert np.abs(table[-1] - ref).max() < 1e-5
-    # Without asking for the table, indices stay inside the stored one (what a trained model holds).
-    plain = transform(raw, state)
-    assert plain["text__title"][0] == 0 and plain["text__title"].max() < len(stored)
-    assert plain.drop("text__title").equals(frame.drop("text__title"))
+    if frame["text__query"][0] > 0:  # a search row: its cosine uses the new title's own vector
+        meta = pl.read_json(state / "meta.json").to_dicts()[0]["stats"]["query_title_cos"]
+        cos = frame["num__query_title_cos"][0] * meta[1] + meta[0]
+        assert abs(cos - float(stored[frame["text__query"][0]] @ ref)) < 1e-4
 
 
 def test_cache_merges_many_shards_without_losing_entries(tmp_path):
-    from pipeline.text import TextCache
+    from pipeline.features.text import TextCache
 
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(40, 4)).astype(np.float32)

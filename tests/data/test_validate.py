@@ -10,10 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipeline.data.ingest import ingest
+from pipeline.data.validate import validate
 from pipeline.errors import DataValidationError, IngestError
-from pipeline.ingest import ingest
 from pipeline.paths import Layout
-from pipeline.validate import validate
 
 D3 = "2026-02-03"
 
@@ -160,7 +160,7 @@ def test_validate_without_staging_is_a_named_error(cfg):
 def drift_base(tmp_path_factory):
     """A landing of 4 days (03-01..04) and a home whose lake holds the first 3: history for day 4's drift."""
     from pipeline.config import load_config
-    from pipeline.generate import generate
+    from pipeline.data.generate import generate
 
     root = tmp_path_factory.mktemp("drift")
     generate(root / "landing", days=4, impressions_per_day=600, users=80, items=50, seed=11, start_date="2026-03-01")
@@ -237,7 +237,7 @@ def test_gap_in_the_days_is_a_warning(cfg, landing):
 
 def test_drift_ratio_matches_hand_computation():
     from pipeline.config import ValidationConfig
-    from pipeline.rules import check_drift
+    from pipeline.data.rules import check_drift
 
     history = [{"rows": r, "clicked": c, "carted": 0.02, "purchased": 0.01} for r, c in
                [(1000, 0.10), (1200, 0.08), (800, 0.12)]]

@@ -15,7 +15,7 @@ import torch
 from conftest import RUN_ID, SMALL, write_run
 
 from pipeline.config import load_config
-from pipeline.train import train_model
+from pipeline.training.train import train_model
 
 REPO = Path(__file__).resolve().parents[2]
 DDP = SMALL + ["train.epochs=2", "train.batch_size=200", "model.tasks=[ctr,cart]", "model.dropout=0.0",
@@ -27,7 +27,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     for home in (ddp_home, one_home):
         write_run(home, {"train": 3000, "valid": 600})  # 3000 = 15 global batches of 200, halves of 100
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline.train", "--home", str(ddp_home),
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline.training.train", "--home", str(ddp_home),
            "--run-id", RUN_ID, *[x for o in DDP for x in ("--set", o)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)

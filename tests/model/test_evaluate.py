@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import metrics
 from pipeline.config import load_config
-from pipeline.schema import SURFACES, TASKS
+from pipeline.data.schema import SURFACES, TASKS
+from pipeline.evaluation import metrics
 
 DATE = "2026-01-10"  # the last day of tiny_landing
 
@@ -24,7 +24,7 @@ def evaluated(tmp_path_factory, trained_home, fast_overrides_session):
     home = tmp_path_factory.mktemp("evaluate") / "home"
     shutil.copytree(trained_home, home)
     cfg = load_config(overrides=list(fast_overrides_session), home=home)
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluation.evaluate import evaluate
 
     out = evaluate(cfg, DATE)
     return cfg, home / "runs" / DATE, json.loads(Path(out["report"]).read_text())
@@ -82,7 +82,7 @@ def test_a_test_day_without_clicks_reports_null_not_half(evaluated):
     test = pl.read_parquet(zero / "features" / "test.parquet")
     test.with_columns([pl.lit(0, pl.Int8).alias(c) for c in ("clicked", "carted", "purchased")]).write_parquet(
         zero / "features" / "test.parquet")
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluation.evaluate import evaluate
 
     report = json.loads(Path(evaluate(cfg, "no-clicks")["report"]).read_text())
     for task in report["tasks"]:
@@ -98,7 +98,7 @@ def test_a_test_day_without_clicks_reports_null_not_half(evaluated):
 def test_missing_model_is_a_named_error(evaluated, tmp_path):
     cfg, run_dir, _ = evaluated
     from pipeline.errors import MTLError
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluation.evaluate import evaluate
 
     broken = run_dir.parent / "no-model"
     shutil.copytree(run_dir, broken)

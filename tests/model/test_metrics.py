@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.evaluation import metrics
 
 
 def brute_auc(y, s, w=None):
@@ -164,7 +164,7 @@ def test_bootstrap_undefined_without_both_classes():
 
 
 def test_fused_score_is_the_product_of_powers():
-    from pipeline.score import effective_exponents, formula, fused_score
+    from pipeline.serving.fused import effective_exponents, formula, fused_score
 
     rng = np.random.default_rng(4)
     probs = {"ctr": rng.random(50), "cvr": rng.random(50), "cart": rng.random(50)}
@@ -180,7 +180,7 @@ def test_fused_score_is_the_product_of_powers():
 
 
 def test_roc_points_match_thresholds():
-    from pipeline.plots import roc_points
+    from pipeline.evaluation.plots import roc_points
 
     rng = np.random.default_rng(6)
     y = (rng.random(80) < 0.4).astype(float)

@@ -1,4 +1,4 @@
-"""Forward contracts of every architecture, and the peers' known model bugs (issue 4)."""
+"""Forward contracts of every architecture, and known model bugs of other MTL libraries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import MODEL_NAMES, ModelConfig
-from pipeline.dataset import InputSpec, from_frame
+from pipeline.features.dataset import InputSpec, from_frame
 from pipeline.models import build
 from pipeline.models.esmm import logit_from_log_prob
 
@@ -65,7 +65,7 @@ def test_esmm_composes_ctcvr_and_keeps_its_loss_for_short_task_lists(tasks):
     out = model(batch())
     p_ctr, p_cvr, p_ctcvr = (torch.sigmoid(out[t].double()) for t in ("ctr", "cvr", "ctcvr"))
     assert torch.allclose(p_ctcvr, p_ctr * p_cvr, rtol=1e-5)
-    # The cvr output is the cvr tower, not ctcvr (a peer reports the product as cvr).
+    # The cvr output is the cvr tower, not ctcvr (some libraries report the product as cvr).
     assert not torch.allclose(out["cvr"], out["ctcvr"])
 
 

@@ -17,7 +17,7 @@ from conftest import RUN_ID, SMALL, write_run
 
 from pipeline.config import load_config
 from pipeline.errors import TrainingError
-from pipeline.train import train_model
+from pipeline.training.train import train_model
 
 REPO = Path(__file__).resolve().parents[2]
 # Small batches make an epoch last long enough for the kill to land inside one.
@@ -26,7 +26,7 @@ RESUME = SMALL + ["train.epochs=3", "train.batch_size=16", "train.patience=3", "
 
 def _train_cmd(home: Path, *extra: str) -> list[str]:
     sets = [x for o in RESUME + list(extra) for x in ("--set", o)]
-    return [sys.executable, "-m", "pipeline.train", "--home", str(home), "--run-id", RUN_ID, *sets]
+    return [sys.executable, "-m", "pipeline.training.train", "--home", str(home), "--run-id", RUN_ID, *sets]
 
 
 def _kill_during_epoch_2(home: Path, extra: list[str]) -> int:

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.dataset import load_split
-from pipeline.train import load_trained, predict, train_model
+from pipeline.features.dataset import load_split
+from pipeline.training.train import load_trained, predict, train_model
 
 
 @pytest.fixture(scope="module")
 def real_run(tiny_landing, tmp_path_factory):
-    from pipeline.features import build_features
-    from pipeline.ingest import ingest
-    from pipeline.validate import validate
+    from pipeline.data.ingest import ingest
+    from pipeline.data.validate import validate
+    from pipeline.features.build import build_features
 
     home = tmp_path_factory.mktemp("stage") / "home"
     cfg = load_config(None, ["text.enabled=false"], home=home)

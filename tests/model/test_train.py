@@ -10,11 +10,11 @@ import torch
 from conftest import RUN_ID, SMALL
 
 from pipeline.config import load_config
-from pipeline.dataset import load_split, read_spec
 from pipeline.errors import ConfigError, FeatureError, TrainingError
-from pipeline.losses import masked_bce
-from pipeline.metrics import auc
-from pipeline.train import load_trained, predict, train_model
+from pipeline.evaluation.metrics import auc
+from pipeline.features.dataset import load_split, read_spec
+from pipeline.training.losses import masked_bce
+from pipeline.training.train import load_trained, predict, train_model
 
 
 def cfg_of(home, *extra):
@@ -52,7 +52,7 @@ def test_cvr_loss_ignores_labels_of_unclicked_rows(feature_run):
     run_dir = feature_run / "runs" / RUN_ID
     data = load_split(run_dir, "train", ("ctr", "cvr")).slice(0, 512)
     assert torch.equal(data.mask[:, 1], data.labels[:, 0])  # cvr sample space = clicked rows
-    from pipeline.dataset import input_spec
+    from pipeline.features.dataset import input_spec
     from pipeline.models import build
 
     model = build("mmoe", input_spec(run_dir, read_spec(run_dir), 4), cfg_of(feature_run).model, ("ctr", "cvr"))

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import RUN_ID, SMALL
 
-from pipeline import trainer
 from pipeline.config import MODEL_NAMES, WEIGHTINGS, TrainConfig, load_config
-from pipeline.dataset import input_spec, load_split, read_spec
+from pipeline.features.dataset import input_spec, load_split, read_spec
 from pipeline.models import build
-from pipeline.train import gate_diagnostics, load_trained, predict, train_model
+from pipeline.training import trainer
+from pipeline.training.train import gate_diagnostics, load_trained, predict, train_model
 
 ALL = ("ctr", "cart", "ctcvr", "cvr")
 
@@ -189,7 +189,7 @@ def test_same_seed_same_model_other_seed_other_model_and_progress_is_logged(tmp_
     for i, seed in enumerate((5, 5, 6)):
         home = tmp_path / str(i)
         write_run(home, {"train": 1500, "valid": 500})
-        with caplog.at_level(logging.INFO, logger="pipeline.trainer"):
+        with caplog.at_level(logging.INFO, logger="pipeline.training.trainer"):
             res = train_model(load_config(None, SMALL + [f"train.seed={seed}"], home=home), RUN_ID)
         results.append(torch.load(Path(res["model_dir"]) / "model.pt", weights_only=True))
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.weighting import DWA, GradNorm, PCGrad, Uncertainty, Weighting, project_conflicts
+from pipeline.training.weighting import DWA, GradNorm, PCGrad, Uncertainty, Weighting, project_conflicts
 
 
 def test_fixed_weights_scale_each_task_gradient():

@@ -1,0 +1,146 @@
+"""The model card: a Markdown description of one registered version, built from the saved run folder.
+
+Sections: data window (dates, rows, label rates per split), model (architecture, key params, fused score),
+test metrics (MTL vs baseline vs champion with bootstrap intervals, and per surface), seesaw, gate decision,
+diagnostics (expert collapse), lineage (lake fingerprints, git commit, config hash, DAG run id).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.io import read_json
+from pipeline.paths import FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name
+
+SUMMARY_KEYS = ("auc", "logloss", "gauc_user", "gauc_request", "ndcg10", "ndcg10_fused", "pred_obs", "ece")
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (`+dirty` with uncommitted changes), or 'unknown' outside git."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10,
+                              check=False)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _num(x: Any, fmt: str = ".4f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, fmt)
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """`<model>.<task>.<metric>` (overall) and `<model>.<task>.<surface>.auc` -> value, defined values only."""
+    out: dict[str, float] = {}
+    for model, tasks in report["models"].items():
+        for task, m in tasks.items():
+            for key in SUMMARY_KEYS:
+                v = m["overall"].get(key)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    out[f"{model}.{task}.{key}"] = float(v)
+            for surface, sm in m["by_surface"].items():
+                if sm.get("auc") is not None and not math.isnan(sm["auc"]):
+                    out[f"{model}.{task}.{surface}.auc"] = float(sm["auc"])
+    return out
+
+
+def _interval(vs: dict | None) -> str:
+    if not vs:
+        return "n/a"
+    return f"{_num(vs.get('diff'), '+.4f')} [{_num(vs.get('lo'), '+.4f')}, {_num(vs.get('hi'), '+.4f')}]"
+
+
+def _data_section(spec: dict[str, Any]) -> list[str]:
+    lines = ["## Data", "", "| split | dates | rows | label rates |", "|---|---|---|---|"]
+    for split, s in spec.get("splits", {}).items():
+        dates = s.get("dates") or []
+        window = f"{dates[0]} .. {dates[-1]}" if dates else "n/a"
+        rates = ", ".join(f"{k} {_num(v)}" for k, v in (s.get("label_rates") or {}).items())
+        lines.append(f"| {split} | {window} | {s.get('rows', 'n/a')} | {rates} |")
+    return lines + [""]
+
+
+def _model_section(cfg: Config, meta: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    m, t = cfg.model, cfg.train
+    return ["## Model", "",
+            f"- architecture: `{meta.get('model', m.name)}`, tasks {', '.join(report['tasks'])}",
+            (f"- embedding_dim {m.embedding_dim}, experts {m.num_experts} x {list(m.expert_hidden)}, "
+             f"towers {list(m.tower_hidden)}, dropout {m.dropout}"),
+            (f"- training: {t.epochs} epoch(s) max, best epoch {meta.get('best_epoch', 'n/a')}, "
+             f"batch {t.batch_size}, lr {t.lr}, weighting `{t.weighting}`, {meta.get('train_rows', 'n/a')} train rows"),
+            f"- text tower: {'on (' + cfg.text.model + ')' if cfg.text.enabled else 'off'}",
+            f"- serving score: `{report.get('score_formula', 'n/a')}`", ""]
+
+
+def _metrics_section(report: dict[str, Any]) -> list[str]:
+    models = report["models"]
+    comp = report["comparison"]["tasks"]
+    lines = ["## Test metrics", "",
+             (f"Test window {', '.join(report['test']['dates'])}: {report['test']['rows']} rows. "
+              "Intervals: 95% bootstrap over requests."), "",
+             ("| task | MTL AUC | baseline AUC | MTL - baseline | champion AUC | MTL - champion | logloss "
+              "| GAUC user | NDCG@10 | pred/obs | ECE |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task in report["tasks"]:
+        o = models[MTL_MODEL][task]["overall"]
+        c = comp.get(task, {})
+        lines.append(f"| {task} | {_num(c.get('mtl'))} | {_num(c.get('baseline'))} | {_interval(c.get('vs_baseline'))} "
+                     f"| {_num(c.get('champion'))} | {_interval(c.get('vs_champion'))} | {_num(o['logloss'])} "
+                     f"| {_num(o['gauc_user'])} | {_num(o['ndcg10'])} | {_num(o['pred_obs'], '.3f')} "
+                     f"| {_num(o['ece'])} |")
+    surfaces = list(next(iter(models[MTL_MODEL].values()))["by_surface"])
+    lines += ["", "MTL AUC per surface:", "", "| task | " + " | ".join(surfaces) + " |",
+              "|---|" + "---|" * len(surfaces)]
+    for task in report["tasks"]:
+        bs = models[MTL_MODEL][task]["by_surface"]
+        lines.append(f"| {task} | " + " | ".join(_num(bs[s]["auc"]) for s in surfaces) + " |")
+    seesaw = report.get("seesaw") or []
+    lines += ["", "Seesaw (MTL worse than its baseline beyond the interval): "
+              + (", ".join(f"{s['task']} ({_num(s['diff'], '+.4f')})" for s in seesaw) or "none"), ""]
+    return lines
+
+
+def _lineage(cfg: Config, spec: dict[str, Any], tags: dict[str, Any]) -> list[str]:
+    layout = Layout.of(cfg.home)
+    lines = ["## Lineage", "", f"- run id `{tags.get('run_id')}`, data date {tags.get('data_date')}",
+             f"- git commit `{tags.get('git_commit')}`, config hash `{tags.get('config_hash')}`",
+             f"- DAG run id: {tags.get('dag_run_id') or 'n/a (not run by Airflow)'}",
+             f"- rerun of version: {tags.get('rerun_of') or 'n/a'}", "- lake partitions (rows, sha256):"]
+    dates = sorted({d for s in spec.get("splits", {}).values() for d in s.get("dates") or []})
+    for d in dates:
+        fp = layout.impressions_dir(d) / "_FINGERPRINT.json"
+        info = read_json(fp) if fp.is_file() else {}
+        lines.append(f"  - dt={d}: {info.get('rows', 'n/a')} rows, `{str(info.get('sha256', 'n/a'))[:16]}`")
+    return lines + [""]
+
+
+def render(cfg: Config, run_dir: Path, report: dict[str, Any], decision, version: str, tags: dict[str, Any],
+           champion_moved: bool) -> str:
+    """The model card Markdown for `version` (see the module docstring)."""
+    spec_path = Path(run_dir) / FEATURES_DIR / "feature_spec.json"
+    spec = read_json(spec_path) if spec_path.is_file() else {}
+    meta_path = Path(run_dir) / MODELS_DIR / MTL_MODEL / "meta.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    baselines = [t for t in report["tasks"] if baseline_name(t) in report["models"]]
+    champ = report["comparison"].get("champion")
+    lines = [f"# {cfg.registry.model_name} version {version}", "",
+             f"Run `{tags.get('run_id')}` for data date {report['date']}. Compared with single-task baselines for "
+             f"{', '.join(baselines) or 'no task'} and with "
+             + (f"champion version {champ['version']}" if champ else "no champion (first version)") + ".", ""]
+    lines += _data_section(spec) + _model_section(cfg, meta, report) + _metrics_section(report)
+    lines += ["## Gate", "", f"**{'passed' if decision.passed else 'failed'}**; champion "
+              + ("moved to this version." if champion_moved else "not moved."), ""]
+    lines += [f"- {r}" for r in tags.get("gate_reasons", "").splitlines()] + [""]
+    collapse = (meta.get("diagnostics") or {}).get("expert_collapse") or []
+    lines += ["## Diagnostics", "", f"- expert collapse: {collapse or 'none seen'}", ""]
+    return "\n".join(lines + _lineage(cfg, spec, tags))

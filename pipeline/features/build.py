@@ -1,0 +1,275 @@
+"""Feature building (polars): time-split windows, train-only vocabularies and stats, point-in-time history,
+cached transformer text embeddings. `transform` is the one function that turns raw contract rows into
+feature columns, for every split at training time and for scoring (docs/architecture.md, "Feature files").
+
+Derived inputs besides the configured columns: categorical `hour` (UTC hour of `ts`); numeric `position`
+(log1p), `log_price`, `price_vs_category` (log price minus the log median price of the item's category in
+the items snapshot), the history features of `pipeline.features.history`, and with text on `query_title_cos`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.config import Config
+from pipeline.data.schema import IMPRESSIONS, ITEMS, LABELS, TASKS, USERS
+from pipeline.errors import FeatureError
+from pipeline.features.history import KEYS, add_history, build_history, feature_names
+from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
+from pipeline.io import atomic_path, write_json
+from pipeline.paths import FEATURES_DIR, Layout, parse_date
+
+SPLITS = ("train", "valid", "test")
+PASSTHROUGH = ("event_id", "request_id", "user_id", "item_id", "surface", "dt", *LABELS)
+BASE_NUMERIC = ("position", "log_price", "price_vs_category")
+TEXT_COLUMNS = ("text__title", "text__query")
+_REQUIRED = ("event_id", "request_id", "ts", "user_id", "item_id", "surface", "query", "position",
+             "signup_ts", "title", "category", "shop_id", "price")
+
+
+def split_dates(cfg: Config, date: dt.date | str) -> dict[str, list[dt.date]]:
+    """Windows ending at D: test = last data.test_days days, valid the data.valid_days before, train before."""
+    d, days = parse_date(date), cfg.data
+    lengths = {"test": days.test_days, "valid": days.valid_days, "train": days.train_days}
+    out, end = {}, d
+    for split in ("test", "valid", "train"):
+        out[split] = [end - dt.timedelta(days=i) for i in range(lengths[split] - 1, -1, -1)]
+        end = out[split][0] - dt.timedelta(days=1)
+    return {s: out[s] for s in SPLITS}
+
+
+def transform(raw: pl.DataFrame, state_dir: str | Path) -> pl.DataFrame:
+    """Raw contract rows (impressions joined with users and items) -> the feature columns.
+
+    Texts missing from the stored text table are embedded on the fly with the encoder named in the state
+    (`meta.json` text.model): their query-title cosine is exact either way. Their `text__*` index is 0 (no text),
+    so indices always fit the stored table a trained model holds."""
+    path = Path(state_dir).resolve()
+    meta = path / "meta.json"
+    state = _load_state(str(path), meta.stat().st_mtime_ns if meta.is_file() else 0)
+    # The cached state is shared between calls: only the text table changes in a call, so it gets a copy.
+    state = dataclasses.replace(state, text=state.text.copy() if state.text else None)
+    return _transform(raw, state, extend_text=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_state(path: str, mtime_ns: int) -> FeatureState:
+    """Loaded once per state folder version: scoring calls transform per request."""
+    return FeatureState.load(path)
+
+
+def _transform(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) -> pl.DataFrame:
+    return _finalize(_derive(raw, state, extend_text), state)
+
+
+def _derive(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) -> pl.DataFrame:
+    """Raw rows -> pass-through columns, `c:<name>` strings, `n:<name>` float64 values, text indices."""
+    meta = state.meta
+    needed = [*_REQUIRED, *(c for c in meta["categorical"] if c != "hour"), *meta["numeric_inputs"]]
+    missing = sorted({c for c in needed if c not in raw.columns})
+    if missing:
+        raise FeatureError(f"feature input rows lack column(s) {missing}: rows must be raw impressions joined with "
+                           "users and items, plus the columns declared in features.categorical / features.numeric")
+    base = _utc(raw, ("ts", "signup_ts")).with_columns(
+        pl.col("ts").dt.date().alias("dt"),
+        pl.col("ts").dt.hour().alias("hour"),
+        pl.col("price").cast(pl.Float64),
+    ).join(state.category_price, on="category", how="left", maintain_order="left")
+    if state.history is not None:
+        base = add_history(base, state.history)
+    cols = [pl.col(c) for c in PASSTHROUGH if c in base.columns]
+    cols += [pl.col(c).cast(pl.String).alias(f"c:{c}") for c in meta["categorical"]]
+    cols += [
+        pl.col("position").cast(pl.Float64).log1p().alias("n:position"),
+        pl.col("price").log().alias("n:log_price"),
+        (pl.col("price").log() - pl.col("log_median")).fill_null(0.0).alias("n:price_vs_category"),
+        *[pl.col(c).cast(pl.Float64).alias(f"n:{c}") for c in meta["numeric_inputs"]],
+    ]
+    if state.history is not None:
+        cols += [pl.col(c).alias(f"n:{c}") for c in feature_names(state.history.windows)]
+    out = base.select(cols)
+    if state.text is not None:
+        out = _add_text(out, base.select("title", "query"), state, extend_text)
+    return out
+
+
+def _utc(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Timestamps in UTC whatever the caller sent: naive values are read as UTC (the contract's zone)."""
+    fixed = []
+    for c in columns:
+        dtype = frame.schema[c]
+        if not isinstance(dtype, pl.Datetime):
+            raise FeatureError(f"column {c!r} must be a timestamp, got {dtype}")
+        col = pl.col(c).cast(pl.Datetime("us", dtype.time_zone))
+        fixed.append((col.dt.replace_time_zone("UTC") if dtype.time_zone is None
+                      else col.dt.convert_time_zone("UTC")).alias(c))
+    return frame.with_columns(fixed)
+
+
+def _add_text(out: pl.DataFrame, texts: pl.DataFrame, state: FeatureState, extend: bool) -> pl.DataFrame:
+    """Text table rows of each title and query (0 = none; texts new to the table too unless `extend`) and
+    their cosine (0 without a query)."""
+    tcfg, stored = state.text_cfg, state.text.stored
+    distinct = texts.select(pl.concat_list("title", "query").explode().drop_nulls().unique().sort()).to_series()
+    distinct = distinct.filter(distinct.str.len_chars() > 0)
+    state.text.add(distinct.to_list(), tcfg, state.cache_dir)  # no-op for texts already in the table
+    rows = pl.DataFrame({"_text": distinct, "_row": state.text.index(distinct.to_list(), tcfg.max_chars)})
+    idx = [texts.select(pl.col(c).alias("_text")).join(rows, on="_text", how="left", maintain_order="left")
+           ["_row"].fill_null(0).to_numpy() for c in ("title", "query")]
+    cos, has_query = np.zeros(len(idx[0])), idx[1] > 0
+    cos[has_query] = state.text.cosine(idx[0][has_query], idx[1][has_query])
+    if not extend:
+        idx = [np.where(i < stored, i, 0) for i in idx]
+    return out.with_columns(pl.Series("text__title", idx[0], dtype=pl.Int32),
+                            pl.Series("text__query", idx[1], dtype=pl.Int32),
+                            pl.Series("n:query_title_cos", cos.astype(np.float64)))
+
+
+def _finalize(derived: pl.DataFrame, state: FeatureState) -> pl.DataFrame:
+    """Vocabulary indices (0 = unknown/null) and standardised float32 numerics, in the contract's order."""
+    meta = state.meta
+    cats = []
+    for name in meta["categorical"]:
+        v = state.vocabs[name]
+        mapped = pl.col(f"c:{name}").replace_strict(v["value"], v["index"], default=0, return_dtype=pl.Int32)
+        cats.append(mapped.fill_null(0).alias(f"cat__{name}"))
+    nums = []
+    for name in meta["numeric"]:
+        mean, std = meta["stats"][name]
+        x = (pl.col(f"n:{name}") - mean) / std
+        nums.append(pl.when(x.is_finite()).then(x).otherwise(0.0).cast(pl.Float32).alias(f"num__{name}"))
+    text = [pl.col(c) for c in TEXT_COLUMNS if c in derived.columns]
+    return derived.select(*[c for c in PASSTHROUGH if c in derived.columns], *cats, *nums, *text)
+
+
+def _lake_days(layout: Layout, splits: dict[str, list[dt.date]], max_window: int) -> list[dt.date]:
+    """Split days (all required) plus the available history days before the train window."""
+    need = [d for s in SPLITS for d in splits[s]]
+    have = set(layout.ingested_dates())
+    missing = [d.isoformat() for d in need if d not in have]
+    if missing:
+        raise FeatureError(f"features for {need[-1]} need lake days {need[0]}..{need[-1]} under {layout.lake}; "
+                           f"missing: {', '.join(missing)}")
+    first = need[0] - dt.timedelta(days=max_window)
+    return sorted(d for d in have if first <= d <= need[-1])
+
+
+def _snapshot(layout: Layout, table: str, date: dt.date) -> pl.DataFrame:
+    """The dated snapshot of D, else the latest one before D."""
+    folder = layout.lake / table
+    dates = sorted(parse_date(p.name[3:]) for p in folder.glob("dt=*")) if folder.is_dir() else []
+    dates = [d for d in dates if d <= date and layout.snapshot(table, d).is_file()]
+    if not dates:
+        raise FeatureError(f"no {table} snapshot on or before {date} under {folder}")
+    return pl.read_parquet(layout.snapshot(table, dates[-1]))
+
+
+def _load_raw(layout: Layout, days: list[dt.date], users: pl.DataFrame, items: pl.DataFrame,
+              extra: set[str]) -> pl.DataFrame:
+    """Impressions of `days` joined with the snapshots; contract columns plus declared extras only."""
+    frames = []
+    for d in days:
+        if not any(layout.impressions_dir(d).glob("*.parquet")):
+            raise FeatureError(f"lake day {d} has no Parquet files in {layout.impressions_dir(d)}")
+        lf = pl.scan_parquet(str(layout.impressions_dir(d) / "*.parquet"))
+        names = lf.collect_schema().names()
+        keep = [c for c in IMPRESSIONS.names if c in names] + sorted(extra & set(names) - set(IMPRESSIONS.names))
+        frames.append(lf.select(keep))
+    imp = pl.concat(frames, how="diagonal_relaxed").collect()
+    if imp.height == 0:
+        raise FeatureError(f"no impressions in lake days {days[0]}..{days[-1]}")
+    u_keep = [c for c in users.columns if c in USERS.names or c in extra]
+    i_keep = [c for c in items.columns if c in ITEMS.names or c in extra]
+    raw = (imp.join(users.select(u_keep), on="user_id", how="left", maintain_order="left")
+           .join(items.select(i_keep), on="item_id", how="left", maintain_order="left"))
+    return raw.with_columns(pl.col("ts").dt.convert_time_zone("UTC").dt.date().alias("dt"))
+
+
+def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: pl.DataFrame, users: pl.DataFrame,
+                items: pl.DataFrame, layout: Layout) -> FeatureState:
+    """Everything but vocabularies and stats: history tables, category prices, text table."""
+    from pipeline.features.text import TextTable, encoder_key, model_dim
+
+    f = cfg.features
+    cat_price = (items.group_by("category").agg(pl.col("price").cast(pl.Float64).median().log().alias("log_median")))
+    declared = [c for c in dict.fromkeys(f.numeric) if c not in BASE_NUMERIC]  # a base name is derived once
+    numeric = [*BASE_NUMERIC, *declared]
+    meta: dict[str, Any] = {"categorical": list(dict.fromkeys([*f.categorical, "hour"])), "numeric_inputs": declared,
+                            "min_count": f.min_count, "stats": {}, "text": None,
+                            "history": {"enabled": f.history, "windows": list(f.history_windows),
+                                        "smoothing": f.smoothing}}
+    state = FeatureState(meta, {}, cat_price)
+    if f.history:
+        state.history = build_history(raw.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS,
+                                                 "price"), f.history_windows, f.smoothing)
+        numeric += feature_names(f.history_windows)
+    if cfg.text.enabled:
+        dim = model_dim(cfg.text)
+        meta["text"] = {**dataclasses.asdict(cfg.text), "dim": dim, "encoder_key": encoder_key(cfg.text)}
+        state.text, state.cache_dir = TextTable.empty(dim), layout.text_cache / encoder_key(cfg.text)
+        texts = split_raw.select(pl.concat_list("title", "query").explode().drop_nulls().unique().sort())
+        state.text.add(texts.to_series().to_list(), cfg.text, state.cache_dir)
+        numeric.append("query_title_cos")
+    meta["numeric"] = numeric
+    return state
+
+
+def _label_rates(frame: pl.DataFrame) -> dict[str, float | None]:
+    out = {}
+    for name, task in TASKS.items():
+        rows = frame.filter(pl.col(task.given) == 1) if task.given else frame
+        out[name] = float(rows[task.label].mean()) if rows.height else None
+    return out
+
+
+def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) -> dict[str, Any]:
+    """Write runs/<run_id>/features/{train,valid,test}.parquet, feature_spec.json and state/ (atomically)."""
+    d = parse_date(date)
+    run_id = run_id or d.isoformat()
+    layout = Layout.of(cfg.home)
+    splits = split_dates(cfg, d)
+    days = _lake_days(layout, splits, max(cfg.features.history_windows) if cfg.features.history else 0)
+    users, items = _snapshot(layout, "users", d), _snapshot(layout, "items", d)
+    extra = set(cfg.features.categorical) | set(cfg.features.numeric)
+    raw = _load_raw(layout, days, users, items, extra)
+    split_raw = {s: raw.filter(pl.col("dt").is_in(splits[s])) for s in SPLITS}
+    if split_raw["train"].height == 0:
+        raise FeatureError(f"train window {splits['train'][0]}..{splits['train'][-1]} has no impressions")
+    state = _base_state(cfg, raw, pl.concat(split_raw.values()), users, items, layout)
+    train = _derive(split_raw["train"], state)
+    state.vocabs = fit_vocabs(train, state.meta["categorical"], cfg.features.min_count)
+    state.meta["stats"] = fit_stats(train, state.meta["numeric"])
+    out = layout.run_dir(run_id) / FEATURES_DIR
+    spec_splits = {}
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for split in SPLITS:
+            frame = _finalize(train, state) if split == "train" else _transform(split_raw[split], state)
+            frame.write_parquet(tmp / f"{split}.parquet")
+            spec_splits[split] = {"dates": [x.isoformat() for x in splits[split]], "rows": frame.height,
+                                  "label_rates": _label_rates(frame)}
+        state.save(tmp / "state")
+        write_json(tmp / "feature_spec.json", _spec(cfg, state, spec_splits))
+    return {"run_id": run_id, "spec": str(out / "feature_spec.json"),
+            "rows": {s: v["rows"] for s, v in spec_splits.items()}}
+
+
+def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str, Any]:
+    meta, text = state.meta, state.meta["text"]
+    return {
+        "categorical": [{"name": n, "column": f"cat__{n}", "cardinality": state.vocabs[n].height + 1}
+                        for n in meta["categorical"]],
+        "numeric": [f"num__{n}" for n in meta["numeric"]],
+        "text": {"enabled": bool(text), "dim": text["dim"] if text else 0,
+                 "columns": list(TEXT_COLUMNS) if text else [], "model": text["model"] if text else None,
+                 "n_texts": len(state.text.vecs) if text else 0, "finetune": bool(text and text["finetune"])},
+        "tasks": list(cfg.model.tasks),
+        "splits": splits,
+    }

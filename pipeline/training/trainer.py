@@ -86,7 +86,7 @@ def make_setup(model: Any, train: TensorData, cfg: TrainConfig, weighting_name: 
     model.init_output_bias(label_rates(train))
     model.to(device)
     shared = shared_parameters(model, train.slice(0, min(len(train), 256)).to(device))
-    weighting = make_weighting(weighting_name, len(model.loss_tasks), cfg, shared).to(device)
+    weighting = make_weighting(weighting_name, len(model.loss_tasks), cfg, shared, device)
     net: Any = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -98,7 +98,7 @@ def make_setup(model: Any, train: TensorData, cfg: TrainConfig, weighting_name: 
 
 
 def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
-    """bf16 autocast on CUDA unless `fp32`; on CPU only with `bf16` (MMoE in the peer bench: 1.8x faster on an
+    """bf16 autocast on CUDA unless `fp32`; on CPU only with `bf16` (MMoE in bench/train_bench.py --peer-config: 1.8x faster on an
     AVX512-BF16 CPU, same test AUC; slower on CPUs without bf16 units). Losses and weights stay float32."""
     on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
@@ -222,7 +222,9 @@ def save_checkpoint(path: Path, s: Setup, epoch: int, bad: int, tag: str) -> Non
     """Atomic: a kill during the write leaves the previous checkpoint intact. Loadable with weights_only=True."""
     state = {"epoch": epoch, "bad": bad, "tag": tag, "model": s.model.state_dict(), "history": s.history,
              "weighting": s.weighting.state_dict(), "optimizers": [o.state_dict() for o in s.optimizers],
-             "best": s.best, "rng": torch.get_rng_state()}
+             "best": s.best, "rng": torch.get_rng_state(),
+             # each GPU has its own generator (dropout on CUDA draws from it): save them too
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -239,6 +241,9 @@ def load_checkpoint(path: Path, s: Setup, tag: str) -> tuple[int, int]:
         opt.load_state_dict(st)
     s.history, s.best = list(state["history"]), dict(state["best"])
     torch.set_rng_state(state["rng"].cpu())
+    cuda_rng = state.get("cuda_rng") or []
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([r.cpu() for r in cuda_rng])
     return int(state["epoch"]), int(state["bad"])
 
 

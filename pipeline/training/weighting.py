@@ -75,7 +75,9 @@ class DWA(Weighting):
         self.register_buffer("seen", torch.zeros((), dtype=torch.int64))
 
     def epoch_end(self, mean_losses: list[float]) -> None:
-        self.last = torch.stack([self.last[1], torch.tensor(mean_losses, dtype=torch.float32)])
+        # the new row is made where the history lives (a CUDA buffer cannot be stacked with a CPU tensor)
+        now = torch.tensor(mean_losses, dtype=self.last.dtype, device=self.last.device)
+        self.last = torch.stack([self.last[1], now])
         self.seen += 1
         if int(self.seen) >= 2:
             r = self.last[1] / self.last[0].clamp_min(1e-12)
@@ -92,6 +94,19 @@ class GradNorm(Weighting):
         self.register_buffer("initial", torch.zeros(n_tasks))
         self.w_avg = torch.optim.Adam([self.w], lr=GRADNORM_LR)  # w is a buffer updated by hand below
 
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` / `.double()` replace buffers with new tensors: point the weights' optimizer (and its
+        moment estimates) at the new `w`, or it would keep stepping the old tensor and the weights never move."""
+        old = self.w_avg.param_groups[0]["params"][0]
+        out = super()._apply(fn, recurse)
+        if old is not self.w:
+            state = self.w_avg.state.pop(old, {})
+            self.w_avg.param_groups[0]["params"][0] = self.w
+            if state:  # moments follow w; Adam keeps its step counter where it was (a CPU scalar)
+                self.w_avg.state[self.w] = {k: fn(v) if torch.is_tensor(v) and v.dim() else v
+                                            for k, v in state.items()}
+        return out
+
     def get_extra_state(self) -> dict:
         return {"adam": self.w_avg.state_dict()}
 
@@ -99,7 +114,7 @@ class GradNorm(Weighting):
         self.w_avg.load_state_dict(state["adam"])
 
     def backward(self, losses: torch.Tensor, extra: torch.Tensor | None) -> None:
-        norms = self.task_grads(losses).norm(dim=1).detach() if self.shared else torch.ones(self.n_tasks)
+        norms = self.task_grads(losses).norm(dim=1).detach() if self.shared else torch.ones_like(self.w)
         super().backward(losses, extra)
         detached = losses.detach().float()
         if not bool(self.initial.any()):
@@ -151,5 +166,7 @@ METHODS: dict[str, type[Weighting]] = {
 }
 
 
-def make_weighting(name: str, n_tasks: int, cfg: TrainConfig, shared: list[torch.nn.Parameter]) -> Weighting:
-    return METHODS[name](n_tasks, cfg, shared)
+def make_weighting(name: str, n_tasks: int, cfg: TrainConfig, shared: list[torch.nn.Parameter],
+                   device: torch.device | str = "cpu") -> Weighting:
+    """The weighting module `name`, already on `device` (before any optimizer sees its parameters)."""
+    return METHODS[name](n_tasks, cfg, shared).to(device)

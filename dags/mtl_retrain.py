@@ -49,15 +49,32 @@ def _home() -> str:
     return str(os.path.abspath(os.environ.get("MTL_HOME", ".mtl")))
 
 
+CONFIG_FILE = "config.json"
+
+
 def _cfg(info: dict[str, Any]):
-    return form.config_from_params(get_current_context()["params"], home=info["home"])
+    """The run's config as `check_config` resolved it (runs/<run_id>/config.json), never re-read from the form or
+    $MTL_CONFIG: a config file edited mid-run must not change the run halfway. The file's hash is checked."""
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    cfg = load_config(info["config"], home=info["home"])
+    if cfg.hash() != info["config_hash"]:
+        raise ConfigError(f"{info['config']} changed since check_config (hash {cfg.hash()}, the run started with "
+                          f"{info['config_hash']}); re-run the day to use the new config")
+    return cfg
 
 
-def _fail_fast(exc: Exception) -> None:
-    """Errors that the same inputs would raise again are not retried (AirflowFailException)."""
+def _stage(fn, info: dict[str, Any], *args, **kwargs):
+    """Call `fn(cfg, *args, **kwargs)` with the run's config. Errors that the same inputs would raise again (bad
+    config, bad data: every MTLError but registry outages and a busy lock) fail at once, without retries."""
     from pipeline.errors import ConcurrentRunError, MTLError, RegistryError
 
-    if isinstance(exc, MTLError) and not isinstance(exc, (RegistryError, ConcurrentRunError)):
+    try:
+        return fn(_cfg(info), *args, **kwargs)
+    except MTLError as exc:
+        if isinstance(exc, (RegistryError, ConcurrentRunError)):
+            raise
         log.error("%s (not retried):\n%s", type(exc).__name__, exc)
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
@@ -93,8 +110,11 @@ DEFAULT_ARGS = {
 
 @task(retries=0, multiple_outputs=False)
 def check_config() -> dict:
-    """Validate the trigger form into the run's config (same rules as `mtl --set`); no retries."""
+    """Validate the trigger form into the run's config (same rules as `mtl --set`), write it once to
+    runs/<D>/config.json for every later task; no retries."""
+    from pipeline.config import save_config
     from pipeline.errors import ConfigError
+    from pipeline.paths import Layout
     from pipeline.run import model_names
 
     ctx = get_current_context()
@@ -104,11 +124,15 @@ def check_config() -> dict:
     except ConfigError as exc:
         raise AirflowFailException(f"invalid trigger parameters: {exc}") from exc
     ds = ctx.get("ds")
-    if not ds:  # a REST trigger with logical_date null has no date to process (STACK 7)
+    if not ds:  # a REST trigger with logical_date null has no `ds`, so no day to process
         raise AirflowFailException("this DAG processes one logical date: trigger it with a logical_date")
     landing = ctx["params"].get(form.LANDING) or os.environ.get("MTL_LANDING") or os.path.join(home, "landing")
+    path = Layout.of(home).run_dir(ds) / CONFIG_FILE
+    digest = save_config(cfg, path)
+    log.info("run config %s written to %s", digest, path)
     return {
         "home": home, "date": ds, "run_id": ds, "landing": os.path.abspath(landing),
+        "config": str(path), "config_hash": digest,
         "owner": f"airflow:{DAG_ID}:{ctx['dag_run'].run_id}", "dry_run": cfg.dry_run,
         "baselines": [n.removeprefix("baseline_") for n in model_names(cfg) if n.startswith("baseline_")],
     }
@@ -141,11 +165,7 @@ def ingest(info: dict) -> dict:
     """Stage landing day D (and unseen earlier days) with contract types; nothing reaches the lake yet."""
     from pipeline.data.ingest import ingest as run
 
-    try:
-        return run(_cfg(info), info["landing"], info["date"], info["run_id"])
-    except Exception as exc:
-        _fail_fast(exc)
-        raise
+    return _stage(run, info, info["landing"], info["date"], info["run_id"])
 
 
 @task(retries=0, outlets=[LAKE])
@@ -153,11 +173,7 @@ def validate(info: dict) -> dict:
     """Great Expectations + contract rules on the staged days; on pass, publish them into the lake."""
     from pipeline.data.validate import validate as run
 
-    try:
-        out = run(_cfg(info), info["date"], info["run_id"])
-    except Exception as exc:
-        _fail_fast(exc)
-        raise
+    out = _stage(run, info, info["date"], info["run_id"])
     get_current_context()["outlet_events"][LAKE].extra = {"published": out.get("published"),
                                                           "home": info["home"]}
     return out
@@ -168,26 +184,14 @@ def features(info: dict) -> dict:
     """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
     from pipeline.features.build import build_features
 
-    try:
-        return build_features(_cfg(info), info["date"], info["run_id"])
-    except Exception as exc:
-        _fail_fast(exc)
-        raise
+    return _stage(build_features, info, info["date"], info["run_id"])
 
 
 def _train(info: dict, name: str) -> dict:
+    """train_model sets torch's threads from `train.threads` itself."""
     from pipeline.training.train import train_model
 
-    cfg = _cfg(info)
-    if cfg.train.threads:
-        import torch
-
-        torch.set_num_threads(cfg.train.threads)
-    try:
-        return train_model(cfg, info["run_id"], name=name, resume=True)
-    except Exception as exc:
-        _fail_fast(exc)
-        raise
+    return _stage(train_model, info, info["run_id"], name=name, resume=True)
 
 
 @task(pool=POOL, queue=TRAIN_QUEUE)
@@ -210,25 +214,17 @@ def evaluate(info: dict) -> dict:
     """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
     from pipeline.evaluation.evaluate import evaluate as run
 
-    try:
-        return run(_cfg(info), info["run_id"])
-    except Exception as exc:
-        _fail_fast(exc)
-        raise
+    return _stage(run, info, info["run_id"])
 
 
 @task
 def register(info: dict) -> dict:
     """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
-    from pipeline.registry import register as run
+    from pipeline.release import register as run
 
     if info["dry_run"]:
         raise AirflowSkipException("dry run: nothing registered")
-    try:
-        return run(_cfg(info), run_id=info["run_id"])
-    except Exception as exc:
-        _fail_fast(exc)
-        raise
+    return _stage(run, info, run_id=info["run_id"])
 
 
 @task(trigger_rule="all_done", retries=1)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from pipeline.errors import ConfigError
 from pipeline.data.schema import TASKS
+from pipeline.errors import ConfigError
 
 MODEL_NAMES = ("shared_bottom", "omoe", "mmoe", "ple", "esmm", "aitm", "single_task")
 WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa", "pcgrad")
@@ -276,6 +276,17 @@ def load_config(
     cfg = _build(Config, tree)
     validate_config(cfg)
     return cfg
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> str:
+    """Write `cfg` as JSON (which `load_config` reads back to an equal Config) atomically; returns `cfg.hash()`.
+
+    The DAG writes the run's resolved config once, and every later task reads that file: a config file edited
+    while a run is under way does not change the run halfway."""
+    from pipeline.io import write_json
+
+    write_json(Path(path), cfg.to_dict())
+    return cfg.hash()
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -125,3 +125,14 @@ def test_readme_documents_every_config_key():
         if f"`{name}`" not in where:
             missing.append(key)
     assert not missing, f"README 'Configuration' lacks {missing}"
+
+
+def test_saved_config_reads_back_equal(tmp_path):
+    """The DAG writes the run's resolved config once; every later task must get exactly that config back."""
+    from pipeline.config import load_config, save_config
+
+    cfg = load_config(overrides=["model.name=ple", "model.tasks=[ctr, cvr]", "serving.score_exponents={ctr: 2}",
+                                 "features.numeric=[recency]", "gate.bootstrap=7"], home=tmp_path / "h")
+    digest = save_config(cfg, tmp_path / "run" / "config.json")
+    back = load_config(tmp_path / "run" / "config.json", home=tmp_path / "h")
+    assert back == cfg and back.hash() == digest

@@ -78,3 +78,28 @@ def test_trigger_form_is_the_config():
     assert names == {form.param_name(f.key) for f in form.FIELDS} | {form.LANDING, form.OVERRIDES}
     dumped = dag.params.dump()
     assert dumped["model__name"] == "mmoe" and dumped["dry_run"] is False
+
+
+def test_later_tasks_read_the_config_check_config_wrote(tmp_path, monkeypatch):
+    """Every task after check_config builds its config from runs/<D>/config.json, not from $MTL_CONFIG or the
+    form again; a file changed under a running run is refused (ConfigError: not retried)."""
+    import importlib.util
+
+    import pytest
+
+    from pipeline.config import load_config, save_config
+    from pipeline.errors import ConfigError
+
+    spec = importlib.util.spec_from_file_location("mtl_retrain_probe", REPO / "dags" / "mtl_retrain.py")
+    dag_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag_mod)
+    cfg = load_config(overrides=["model.name=ple"], home=tmp_path)
+    path = tmp_path / "runs" / "2026-01-10" / "config.json"
+    info = {"home": str(tmp_path), "config": str(path), "config_hash": save_config(cfg, path)}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text("model:\n  name: esmm\n")
+    monkeypatch.setenv("MTL_CONFIG", str(edited))  # someone edits the shared config file mid-run
+    assert dag_mod._cfg(info) == cfg
+    path.write_text(path.read_text().replace('"ple"', '"omoe"'))
+    with pytest.raises(ConfigError, match="changed since check_config"):
+        dag_mod._cfg(info)

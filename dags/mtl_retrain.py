@@ -188,10 +188,11 @@ def features(info: dict) -> dict:
 
 
 def _train(info: dict, name: str) -> dict:
-    """train_model sets torch's threads from `train.threads` itself."""
-    from pipeline.training.train import train_model
+    """In this process, or torchrun over `train.nproc_per_node` x `train.nnodes` processes
+    (pipeline.training.launch); torch threads come from `train.threads`."""
+    from pipeline.training.launch import launch
 
-    return _stage(train_model, info, info["run_id"], name=name, resume=True)
+    return _stage(launch, info, info["run_id"], name=name, resume=True)
 
 
 @task(pool=POOL, queue=TRAIN_QUEUE)

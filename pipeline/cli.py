@@ -75,11 +75,11 @@ def cmd_features(args):
 
 def cmd_train(args):
     from pipeline.run import model_names
-    from pipeline.training.train import train_model
+    from pipeline.training.launch import launch
 
     cfg, run_id = _cfg(args), _run_id(args)
     names = [args.name] if args.name else model_names(cfg)
-    return {name: train_model(cfg, run_id, name=name, resume=args.resume) for name in names}
+    return {name: launch(cfg, run_id, name=name, resume=args.resume) for name in names}
 
 
 def cmd_evaluate(args):

@@ -108,6 +108,15 @@ class TrainConfig:
     adversarial: str = "none"  # none | fgm
     fgm_epsilon: float = 0.5
     baselines: bool = True
+    # Distributed training (pipeline.training.launch): processes per host, hosts, this host's rank, and the
+    # rendezvous host:port when nnodes > 1. 1 x 1 = train in the calling process.
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""
+    # Gradients of the large id table: sparse (SparseAdam, only the batch's rows move) or dense (Adam);
+    # auto = sparse in one process, dense under DDP (NCCL has no sparse all-reduce).
+    embedding_grad: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -316,6 +325,10 @@ def validate_config(cfg: Config) -> None:
     _check(t.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     _check(t.adversarial in ("none", "fgm"), "train.adversarial must be none or fgm")
     _check(t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32")
+    _check(t.nproc_per_node >= 1 and t.nnodes >= 1, "train.nproc_per_node and train.nnodes must be >= 1")
+    _check(0 <= t.node_rank < t.nnodes, "train.node_rank must be in [0, train.nnodes)")
+    _check(t.nnodes == 1 or bool(t.rdzv_endpoint), "train.rdzv_endpoint (host:port) is needed when train.nnodes > 1")
+    _check(t.embedding_grad in ("auto", "sparse", "dense"), "train.embedding_grad must be auto, sparse or dense")
     metric = t.early_stop_metric
     _check(metric == "mean_auc" or (metric.startswith("auc:") and metric[4:] in m.tasks),
            "train.early_stop_metric must be mean_auc or auc:<one of model.tasks>")

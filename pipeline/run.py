@@ -44,7 +44,7 @@ def run_all(
         from pipeline.data.validate import validate
         from pipeline.evaluation.evaluate import evaluate
         from pipeline.features.build import build_features
-        from pipeline.training.train import train_model
+        from pipeline.training.launch import launch
 
         out["ingest"] = ingest(cfg, landing, day, run_id)
         out["validate"] = validate(cfg, day, run_id)
@@ -52,7 +52,7 @@ def run_all(
         out["train"] = {}
         for name in model_names(cfg):
             log.info("training %s for run %s", name, run_id)
-            out["train"][name] = train_model(cfg, run_id, name=name)
+            out["train"][name] = launch(cfg, run_id, name=name)
         out["evaluate"] = evaluate(cfg, run_id)
         if cfg.dry_run:
             log.info("dry run: nothing registered for run %s", run_id)

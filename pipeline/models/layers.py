@@ -203,6 +203,12 @@ class MultiTaskModel(nn.Module):
     def auxiliary_loss(self, logits: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return None
 
+    def dense_embedding_gradients(self) -> None:
+        """Give the large id table dense gradients (for DDP: NCCL cannot all-reduce sparse ones); the trainer
+        then optimises it with Adam instead of SparseAdam."""
+        if self.features.embedding is not None:
+            self.features.embedding.sparse = False
+
     def init_output_bias(self, rates: dict[str, float]) -> None:
         """Start each tower's logit at its task's base rate (train label rate on its sample space), so the first
         steps learn to rank instead of learning the mean. Tasks without a usable rate keep their random bias."""

@@ -6,6 +6,9 @@ with the same trainer and features. Model selection uses the valid split only; t
 Multi-GPU / multi-process (DDP): every rank runs the same command and takes its share of each global batch:
 
     torchrun --nproc_per_node=2 -m pipeline.training.train --home .mtl --run-id 2026-11-29 [--name mtl] [--set k=v ...]
+
+`pipeline.training.launch` builds that command from `train.nproc_per_node` / `train.nnodes` (the DAG and `mtl
+train` go through it).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,6 +28,7 @@ from pipeline.io import atomic_path, read_json, write_json
 from pipeline.paths import MODELS_DIR, MTL_MODEL, Layout
 
 log = logging.getLogger(__name__)
+RESULT_MARK = "MTL-RESULT:"  # the line pipeline.training.launch reads from rank 0's stdout
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
 
@@ -85,6 +90,9 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     spec = dataset.read_spec(run_dir)
     inputs = dataset.input_spec(run_dir, spec, cfg.text.proj_dim)
     model = models.build(arch, inputs, mcfg, tasks)
+    grad = cfg.train.embedding_grad
+    if grad == "dense" or (grad == "auto" and world > 1):
+        model.dense_embedding_gradients()
     data_tasks = model.output_tasks
     train = dataset.load_split(run_dir, "train", data_tasks, spec, inputs.text_rows)
     valid = dataset.load_split(run_dir, "valid", data_tasks, spec, inputs.text_rows)
@@ -218,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config(args.config, args.overrides, home=args.home)
-    print(train_model(cfg, args.run_id, args.name, args.resume))
+    result = train_model(cfg, args.run_id, args.name, args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line for pipeline.training.launch to read
+        print(RESULT_MARK + json.dumps(result), flush=True)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

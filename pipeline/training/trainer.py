@@ -62,9 +62,12 @@ def make_optimizers(model: Any, weighting: Weighting, cfg: TrainConfig) -> list[
     """SparseAdam for the large-id table (only the batch's rows move); Adam for everything else, with weight
     decay on weight matrices only (never on embeddings, biases or the weighting's own parameters)."""
     sparse, decay, plain = [], [], list(weighting.parameters())
+    table = model.features.embedding
+    sparse_table = table is not None and table.sparse  # dense under DDP (model.dense_embedding_gradients)
     for n, p in model.named_parameters():
         if p.requires_grad:
-            group = sparse if n == SPARSE_PARAM else plain if n.endswith("bias") or "embedding" in n else decay
+            group = (sparse if n == SPARSE_PARAM and sparse_table else
+                     plain if n.endswith("bias") or "embedding" in n else decay)
             group.append(p)
     dense = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)

@@ -1,6 +1,7 @@
 """DDP through torchrun on CPU (gloo, 2 processes): ranks share each global batch and end with the same
 weights as one process training on the whole batches (checked where the two are mathematically equal:
-all-impression tasks, no dropout, equal halves)."""
+all-impression tasks, no dropout, equal halves). Under DDP the id table has dense gradients
+(`train.embedding_grad=auto`, for NCCL), so the one-process reference trains it densely too."""
 
 from __future__ import annotations
 
@@ -36,8 +37,26 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["best_epoch"] >= 1
     torch.set_num_threads(1)
-    single = train_model(load_config(None, DDP, home=one_home), RUN_ID)
+    single = train_model(load_config(None, [*DDP, "train.embedding_grad=dense"], home=one_home), RUN_ID)
     a = torch.load(model_dir / "model.pt", weights_only=True)
     b = torch.load(Path(single["model_dir"]) / "model.pt", weights_only=True)
     for k in b:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_launch_runs_torchrun_from_the_config(tmp_path):
+    """`train.nproc_per_node=2` makes the stage run torchrun over the pipeline's own entry point (what the DAG's
+    training tasks and `mtl train` call) and return rank 0's result; the id table is dense under DDP."""
+    from pipeline.training.launch import launch, torchrun_command
+
+    home = tmp_path / "home"
+    write_run(home, {"train": 1200, "valid": 400})
+    cfg = load_config(None, [*DDP, "train.epochs=1", "train.nproc_per_node=2", "train.threads=1"], home=home)
+    out = launch(cfg, RUN_ID)
+    meta = json.loads((Path(out["model_dir"]) / "meta.json").read_text())
+    assert meta["world_size"] == 2 and out["best_epoch"] == 1 and "auc" in out["valid"]
+    cmd = torchrun_command(load_config(None, ["train.nnodes=2", "train.node_rank=1", "train.nproc_per_node=4",
+                                              "train.rdzv_endpoint=10.0.0.5:29500"], home=home),
+                           "c.json", RUN_ID, "mtl", resume=True)
+    assert {"--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--rdzv_endpoint=10.0.0.5:29500",
+            "--resume"} <= set(cmd) and "--standalone" not in cmd

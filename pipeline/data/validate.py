@@ -36,19 +36,55 @@ def _lake_scan(layout: Layout, days: list[dt.date], columns: list[str]):
     return pl.concat(frames, how="vertical_relaxed") if frames else None
 
 
+def _index_catch_up(index, layout: Layout, days: list[dt.date]) -> None:
+    """Index the lake days the event-id index lacks (an older lake, or a crash after a publish)."""
+    import polars as pl
+
+    from pipeline.data.idindex import id_hashes
+
+    known = index.manifest()["days"]
+    missing = [d for d in days if known.get(d.isoformat()) != read_fingerprint(layout, d)["sha256"]]
+    if not missing:
+        return
+    with index.locked():
+        for d in missing:
+            ids = pl.read_parquet(layout.impressions_dir(d) / "*.parquet", columns=["event_id"])["event_id"]
+            index.add(d, id_hashes(ids.to_list()), read_fingerprint(layout, d)["sha256"])
+
+
+def _earlier_hits(layout: Layout, lake_days: list[dt.date], staged_ids):
+    """(event_id, dt) of staged ids already on one of `lake_days`, through the event-id index: only the days a
+    hash hit points at are read, and only to confirm the hit (a 64-bit hash can collide)."""
+    import polars as pl
+
+    from pipeline.data.idindex import EventIdIndex, id_hashes
+
+    index = EventIdIndex(layout.lake)
+    _index_catch_up(index, layout, lake_days)
+    ids = staged_ids.drop_nulls().to_list()  # a null id is its own rule failure, never a duplicate
+    pos, ordinals = index.lookup(id_hashes(ids))
+    wanted = {d.toordinal(): d for d in lake_days}
+    by_day: dict[dt.date, set[str]] = {}
+    for i, o in zip(pos.tolist(), ordinals.tolist()):
+        if o in wanted:
+            by_day.setdefault(wanted[o], set()).add(ids[i])
+    hits = [pl.read_parquet(layout.impressions_dir(d) / "*.parquet", columns=["event_id"])
+            .filter(pl.col("event_id").is_in(sorted(cands))).with_columns(pl.lit(d).alias("dt"))
+            for d, cands in sorted(by_day.items())]
+    empty = pl.DataFrame(schema={"event_id": pl.String, "dt": pl.Date})
+    return pl.concat([empty, *hits], how="vertical_relaxed")
+
+
 def _lake_context(cfg, layout: Layout, staged: list[dt.date], staged_ids):
     """(event_ids of earlier lake days that collide with staged ones, per-day stats of the drift window).
 
-    Only colliding ids are collected, so memory stays bounded however long the lake grows.
+    The collision check goes through the lake's event-id index (pipeline.data.idindex), so its cost follows
+    the staged days, not the length of the lake; only the drift window's label columns are read.
     """
-    import polars as pl
-
     from pipeline.data import rules
 
     lake_days = [d for d in layout.ingested_dates() if d < staged[-1] and d not in set(staged)]
-    ids = _lake_scan(layout, lake_days, ["event_id"])
-    hits = (ids.filter(pl.col("event_id").is_in(staged_ids.implode())).collect() if ids is not None
-            else pl.DataFrame(schema={"event_id": pl.String, "dt": pl.Date}))
+    hits = _earlier_hits(layout, lake_days, staged_ids)
     since = staged[0] - dt.timedelta(days=cfg.validation.drift_days)
     window = _lake_scan(layout, [d for d in lake_days if d >= since], list(rules.LABELS))
     frame = window.collect() if window is not None else None
@@ -82,16 +118,22 @@ def _contract_checks(cfg, layout: Layout, frames: dict, users, items):
     return failures, drift, stats
 
 
-def _publish(layout: Layout, stage: Path, days: list[str], date: dt.date) -> None:
-    """Swap each staged day and the dated snapshots into the lake, one atomic rename each."""
+def _publish(layout: Layout, stage: Path, frames: dict, prints: dict, date: dt.date) -> None:
+    """Swap each staged day and the dated snapshots into the lake, one atomic rename each, then add the days'
+    ids to the event-id index (derived data: a crash before that is caught up by the next validation)."""
+    from pipeline.data.idindex import EventIdIndex, id_hashes
     from pipeline.io import atomic_path
 
-    for day in days:
+    for day in frames:
         with atomic_path(layout.impressions_dir(day)) as tmp:
             shutil.copytree(stage / "impressions" / f"dt={day}", tmp)
     for name in ("users", "items"):
         with atomic_path(layout.snapshot(name, date)) as tmp:
             shutil.copyfile(stage / f"{name}.parquet", tmp)
+    index = EventIdIndex(layout.lake)
+    with index.locked():
+        for day, frame in frames.items():
+            index.add(parse_date(day), id_hashes(frame["event_id"].to_list()), prints[day]["sha256"])
 
 
 def validate(cfg, date: str | dt.date, run_id: str | None = None) -> dict:
@@ -141,7 +183,7 @@ def validate(cfg, date: str | dt.date, run_id: str | None = None) -> dict:
         "snapshots": manifest["snapshots"], "data_docs": str(docs)})
     if failures:
         raise DataValidationError(failures, where=f"run {run_id} (days {', '.join(days)})", docs=str(docs))
-    _publish(layout, stage, days, day)
+    _publish(layout, stage, frames, manifest["fingerprints"], day)
     return {"run_id": run_id, "published": days, "data_docs": str(docs), "report": str(report)}
 
 

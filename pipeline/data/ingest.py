@@ -116,14 +116,36 @@ def snapshot_file(landing: Path, name: str) -> Path:
     raise IngestError(f"no {name} snapshot in {landing} (expected {name}.parquet or {name}.csv)")
 
 
+class _HashSink:
+    """A write-only file that feeds SHA-256 instead of memory: the IPC stream is hashed as it is written."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
 def fingerprint(table) -> dict:
-    """Row count + SHA-256 of the table's Arrow IPC stream (same rows, order and types -> same hash)."""
+    """Row count + SHA-256 of the table's Arrow IPC stream (same rows, order and types -> same hash), hashed
+    while it streams out in 64k-row batches: no second copy of the table is held in memory."""
     import pyarrow as pa
 
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    sink = _HashSink()
+    with pa.PythonFile(sink, mode="w") as out, pa.ipc.new_stream(out, table.schema) as writer:
         writer.write_table(table, max_chunksize=1 << 16)
-    return {"rows": table.num_rows, "sha256": hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()}
+    return {"rows": table.num_rows, "sha256": sink.sha.hexdigest()}
 
 
 def landing_days(landing: Path) -> list[dt.date]:

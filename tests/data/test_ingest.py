@@ -161,3 +161,21 @@ def test_sigkill_mid_ingest_leaves_nothing_half_written(tmp_path):
         validate(cfg, "2026-04-12")
     assert len(ingest(cfg, landing, "2026-04-12")["staged"]) == 12
     assert len(validate(cfg, "2026-04-12")["published"]) == 12
+
+
+def test_streamed_fingerprint_is_the_hash_of_the_ipc_stream():
+    """The fingerprint is hashed while the IPC stream is written (no buffer of the table): it must equal the
+    SHA-256 of the same stream written to memory, so lakes fingerprinted before keep their hashes."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipeline.data.ingest import fingerprint
+
+    table = pa.table({"event_id": [f"e{i}" for i in range(150_000)], "position": list(range(150_000))})
+    buf = pa.BufferOutputStream()
+    with pa.ipc.new_stream(buf, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 16)
+    want = hashlib.sha256(buf.getvalue().to_pybytes()).hexdigest()
+    assert fingerprint(table) == {"rows": 150_000, "sha256": want}
+    assert fingerprint(table.slice(1))["sha256"] != want

@@ -269,7 +269,7 @@ def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str,
         "numeric": [f"num__{n}" for n in meta["numeric"]],
         "text": {"enabled": bool(text), "dim": text["dim"] if text else 0,
                  "columns": list(TEXT_COLUMNS) if text else [], "model": text["model"] if text else None,
-                 "n_texts": len(state.text.vecs) if text else 0, "finetune": bool(text and text["finetune"])},
+                 "n_texts": len(state.text.vecs) if text else 0, "finetune": text["finetune"] if text else "false"},
         "tasks": list(cfg.model.tasks),
         "splits": splits,
     }

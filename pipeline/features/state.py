@@ -7,7 +7,7 @@
     state/text_table.npy         float32 [n_texts + 1, dim], row 0 zeros
     state/text_index.parquet     hash (uint64, pipeline.features.text.text_hash of the cut text), row (int32), text
     state/text_tokens.npy        int32 [2, n_texts + 1, max_length]: input ids and attention mask, row 0 empty
-                                 (only with text.finetune)
+                                 (only with text.finetune=joint)
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class FeatureState:
                           "row": pl.Series(list(self.text.rows.values()), dtype=pl.Int32),
                           "text": [self.text.texts[r] for r in self.text.rows.values()]},
                          ).write_parquet(folder / "text_index.parquet")
-            if self.text_cfg.finetune:
+            if self.text_cfg.finetune == "joint":
                 np.save(folder / "text_tokens.npy", _tokens(self.text, self.text_cfg))
 
     @classmethod

@@ -71,9 +71,8 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     from pipeline.training import trainer
 
     arch, tasks, mcfg, weighting = model_plan(cfg, name)
-    if cfg.text.enabled and cfg.text.finetune:
-        raise ConfigError("text.finetune=true is not supported by the trainer; it uses the frozen text table "
-                          "(set text.finetune=false)")
+    if cfg.text.enabled and cfg.text.finetune == "joint":
+        raise ConfigError("text.finetune=joint is not supported by the trainer yet (use contrastive or false)")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)

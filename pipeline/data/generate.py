@@ -245,29 +245,6 @@ def _labels(rng, user, item, req, position, surface, hour, overlap, users: dict,
     return clicked.astype(np.int8), carted.astype(np.int8), purchased.astype(np.int8)
 
 
-def _reword_queries(aux, qtext: list, qtok: np.ndarray, share: float) -> list:
-    """A `share` of the search queries said another way (pipeline.data.longtail.reword); meaning unchanged."""
-    from pipeline.data.longtail import QUERY_EXTRAS, reword
-
-    out = list(qtext)
-    for r, text in enumerate(qtext):
-        if text is None or aux.random() >= share:
-            continue
-        plain = " ".join(VOCAB[t] for t in qtok[r] if t >= 0)
-        brand = text[: len(text) - len(plain) - 1] if len(text) > len(plain) else None  # "brand plain words"
-        out[r] = reword(aux, [VOCAB[t] for t in qtok[r] if t >= 0], QUERY_EXTRAS, brand)
-    return out
-
-
-def _reword_titles(aux, cols: dict, latent: dict, share: float) -> None:
-    """A `share` of the item titles said another way, in place (the item's word ids, its meaning, unchanged)."""
-    from pipeline.data.longtail import TITLE_EXTRAS, reword
-
-    for j in np.flatnonzero(aux.random(len(cols["title"])) < share):
-        cols["title"][j] = reword(aux, [VOCAB[t] for t in latent["tokens"][j]], TITLE_EXTRAS, cols["brand"][j],
-                                  typo_p=0.15)
-
-
 def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, items_cols: dict, items: dict,
          aux=None, long_tail: float = 0.0):
     """Day number `index` of the window as a pyarrow Table in the contract schema (users active by then)."""
@@ -289,7 +266,9 @@ def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, i
             arr[late] = aux.choice(len(items["pop_w"]), int(late.sum()), p=items["pop_w"])
     qtext, qtok = _queries(rng, surface, intended, items_cols, items)
     if long_tail > 0:
-        qtext = _reword_queries(aux, qtext, qtok, long_tail)
+        from pipeline.data.longtail import reword_queries
+
+        qtext = reword_queries(aux, qtext, qtok, VOCAB, long_tail)
     overlap = (qtok[req][:, :, None] == items["tokens"][item][:, None, :]).any(-1).sum(1)
     # Diurnal traffic: more requests in the evening; each request's rows are 1 ms apart.
     sec = np.clip((rng.normal(19.5, 4.0, n_req) % 24) * 3600, 0, 86399 - 1).astype(np.int64)
@@ -366,7 +345,9 @@ def generate(
     items_cols, item_latent = _make_items(rng, items)
     aux = np.random.default_rng([seed, 1])  # long tail and catalogue moves: the main stream stays as it was
     if long_tail > 0:
-        _reword_titles(aux, items_cols, item_latent, long_tail)
+        from pipeline.data.longtail import reword_titles
+
+        reword_titles(aux, items_cols, item_latent["tokens"], VOCAB, long_tail)
     catalogue = None
     if popularity_drift > 0 or new_items > 0:
         from pipeline.data.longtail import Catalogue

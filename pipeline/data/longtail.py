@@ -79,6 +79,29 @@ def reword(rng: np.random.Generator, phrases: list[str], extras: tuple[str, ...]
     return " ".join(([brand] if brand else []) + [str(w) for w in words])
 
 
+def reword_queries(rng: np.random.Generator, qtext: list, qtok: np.ndarray, vocab: tuple[str, ...],
+                   share: float) -> list:
+    """A `share` of the search queries (None = not a search) said another way; `qtok` [R, 3] their word ids
+    into `vocab` (-1 = none). A query is "[brand ]plain words"; the brand is kept."""
+    out = list(qtext)
+    for r, text in enumerate(qtext):
+        if text is None or rng.random() >= share:
+            continue
+        phrases = [vocab[t] for t in qtok[r] if t >= 0]
+        plain = " ".join(phrases)
+        brand = text[: len(text) - len(plain) - 1] if len(text) > len(plain) else None
+        out[r] = reword(rng, phrases, QUERY_EXTRAS, brand)
+    return out
+
+
+def reword_titles(rng: np.random.Generator, cols: dict, tokens: np.ndarray, vocab: tuple[str, ...],
+                  share: float) -> None:
+    """A `share` of the item titles said another way, in place; `tokens` [n, 4] the items' word ids (their
+    meaning, which the labels follow, is unchanged)."""
+    for j in np.flatnonzero(rng.random(len(cols["title"])) < share):
+        cols["title"][j] = reword(rng, [vocab[t] for t in tokens[j]], TITLE_EXTRAS, cols["brand"][j], typo_p=0.15)
+
+
 @dataclass
 class Catalogue:
     """Per-day availability and popularity of the items. `log_pop` [n] is the base log popularity;

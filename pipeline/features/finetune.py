@@ -201,3 +201,33 @@ def run_encoder(tcfg: TextConfig, encoders: Path, train: pl.DataFrame, date: dt.
     if tcfg.finetune != "contrastive":
         return tcfg
     return dataclasses.replace(tcfg, model=str(ensure_encoder(tcfg, encoders, train, date, seed)))
+
+
+def joint_inputs(inputs: Any, run_dir: Path, tcfg: TextConfig) -> Any:
+    """`inputs` (an InputSpec) with the transformer that embedded the run's text table and its token ids
+    (state/text_tokens.npy), for a model whose top `text.finetune_layers` layers train with the multi-task loss
+    (text.finetune=joint; pipeline.models.text_tower.JointTextEncoder)."""
+    import dataclasses
+    import json
+
+    from pipeline.errors import ConfigError
+    from pipeline.features.state import FeatureState
+    from pipeline.models.text_tower import transformer_layers
+
+    state_dir = Path(run_dir) / "features" / "state"
+    tokens_path = state_dir / "text_tokens.npy"
+    if not tokens_path.is_file():
+        raise FeatureError(f"text.finetune=joint needs the token ids the features write with it: {tokens_path} is "
+                           "missing (rebuild the features with text.finetune=joint)")
+    tokens = np.load(tokens_path, allow_pickle=False)
+    if tokens.shape[:2] != (2, inputs.text_rows):
+        raise FeatureError(f"{tokens_path}: {tokens.shape[1]} token rows for a text table of {inputs.text_rows}")
+    state_cfg = FeatureState.load(state_dir).text_cfg  # the encoder the table was embedded with
+    _, model = load_encoder(state_cfg, device="cpu")
+    n_layers = len(transformer_layers(model))
+    if tcfg.finetune_layers > n_layers:
+        raise ConfigError(f"text.finetune_layers={tcfg.finetune_layers} exceeds the {n_layers} layers of "
+                          f"text.model={tcfg.model!r}")
+    info = {"config": json.loads(model.config.to_json_string()), "layers": tcfg.finetune_layers,
+            "lr": tcfg.finetune_lr, "max_length": int(tokens.shape[2]), "base": state_cfg.model}
+    return dataclasses.replace(inputs, text_encoder=info, text_tokens=tokens, text_encoder_model=model.train())

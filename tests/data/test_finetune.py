@@ -141,3 +141,68 @@ def test_encoder_is_reused_while_young_and_refitted_when_old(tail_landing, tmp_p
     old = load_config(overrides=[*TINY, "text.finetune_every_days=0"], home=lay.home)
     build_features(old, DAYS[4], run_id="refit")
     assert "fine-tune step" in capsys.readouterr().err
+
+
+def test_joint_step_trains_the_top_layers_at_their_own_rate_and_versions_the_encoder(tail_landing, tmp_path,
+                                                                                   fast_overrides):
+    """A tiny text.finetune=joint training on CPU: the top layer moves, lower ones do not, the encoder is saved
+    with the model (safetensors + tokenizer) and the saved model predicts as the trained one did."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.features import dataset
+    from pipeline.training import trainer
+    from pipeline.training.weighting import make_weighting
+    from pipeline.training.train import load_trained, predict, train_model
+
+    lay = _lake(tail_landing, tmp_path / "home")
+    over = [*[o for o in fast_overrides if not o.startswith("text.")], "data.train_days=1", "features.history=false",
+            "text.finetune=joint", "text.finetune_layers=1", "text.max_length=12", "text.finetune_lr=1e-3",
+            "train.batch_size=1024"]
+    cfg = load_config(overrides=over, home=lay.home)
+    build_features(cfg, DAYS[2])
+    out = train_model(cfg, DAYS[2], "mtl")
+    model, meta = load_trained(out["model_dir"])
+    enc = model.features.text_encoder
+    assert enc is not None and meta["inputs"]["text_encoder"]["layers"] == 1
+    _, base = load_encoder(TextConfig(), device="cpu")
+    tuned, frozen = dict(enc.model.named_parameters()), dict(base.named_parameters())
+    top = [n for n in tuned if n.startswith("encoder.layer.5.")]
+    low = [n for n in tuned if n.startswith(("encoder.layer.0.", "embeddings."))]
+    assert top and low
+    assert any(not torch.equal(tuned[n], frozen[n]) for n in top)
+    assert all(torch.equal(tuned[n], frozen[n]) for n in low)
+    saved = Path(out["model_dir"]) / "encoder"
+    weights = load_file(str(saved / "model.safetensors"))
+    assert torch.equal(weights["encoder.layer.5.output.dense.weight"], tuned["encoder.layer.5.output.dense.weight"])
+    assert (saved / "tokenizer.json").is_file() and json.loads((saved / "encoder.json").read_text())["joint"]
+    # The encoder's own learning rate is its own optimiser group (set through model.param_groups()).
+    groups = trainer.make_optimizers(model, make_weighting("fixed", 4, cfg.train, [], "cpu"),
+                                     cfg.train)[-1].param_groups
+    assert [g["lr"] for g in groups if g["params"][0] is tuned[top[0]]] == [1e-3]
+    assert all(tuned[top[0]] is not p for g in groups if g["lr"] != 1e-3 for p in g["params"])
+    # The saved model (model.pt carries the encoder and its token ids) predicts as the trained one.
+    valid = dataset.load_split(lay.run_dir(DAYS[2]), "valid", tuple(meta["tasks"]))
+    p1 = predict(model, valid.slice(0, 300))
+    p2 = predict(load_trained(out["model_dir"])[0], valid.slice(0, 300))
+    assert np.allclose(p1, p2, atol=1e-6)
+
+
+def test_joint_encoder_without_training_matches_the_frozen_table(tail_landing, tmp_path):
+    import torch
+
+    from pipeline.features import dataset
+    from pipeline.features.finetune import joint_inputs
+    from pipeline.models.text_tower import JointTextEncoder
+
+    lay = _lake(tail_landing, tmp_path / "home")
+    cfg = load_config(overrides=["data.train_days=1", "features.history=false", "text.finetune=joint",
+                                 "text.max_length=12"], home=lay.home)
+    build_features(cfg, DAYS[2])
+    run = lay.run_dir(DAYS[2])
+    inputs = joint_inputs(dataset.input_spec(run, dataset.read_spec(run), 16), run, cfg.text)
+    enc = JointTextEncoder(inputs).eval()
+    idx = torch.tensor([[0, 1], [2, 1], [len(inputs.text_table) - 1, 0]])
+    with torch.no_grad():
+        got = enc(idx).numpy()
+    assert np.abs(got - inputs.text_table[idx.numpy()]).max() < 1e-4  # row 0 stays the zero vector

@@ -206,3 +206,17 @@ def test_joint_encoder_without_training_matches_the_frozen_table(tail_landing, t
     with torch.no_grad():
         got = enc(idx).numpy()
     assert np.abs(got - inputs.text_table[idx.numpy()]).max() < 1e-4  # row 0 stays the zero vector
+
+
+def test_card_says_which_encoder_and_on_which_pairs():
+    from pipeline.evaluation.card import _text_line
+
+    enc = {"base": "all-MiniLM-L6-v2", "version": "abc123", "trained_on": "2026-04-04",
+           "pairs": {"query_click": 30, "coclick": 18, "train": 40, "heldout": 8},
+           "recall": {"k": 3, "frozen": 0.5, "tuned": 0.75}}
+    line = _text_line(load_config(overrides=["text.finetune=contrastive"]), {"text": {"encoder": enc}}, {})
+    assert all(s in line for s in ("abc123", "2026-04-04", "30 (query, clicked title)", "18 co-click", "recall@3"))
+    joint = {"inputs": {"text_encoder": {"base": "all-MiniLM-L6-v2", "layers": 2, "lr": 2e-5}}}
+    assert "top 2 layer(s) trained jointly" in _text_line(load_config(overrides=["text.finetune=joint"]), {}, joint)
+    assert "frozen" in _text_line(load_config(), {}, {})
+    assert _text_line(load_config(overrides=["text.enabled=false"]), {}, {}) == "- text tower: off"

@@ -166,6 +166,8 @@ def latest_encoder(folder: Path, tcfg: TextConfig, date: dt.date) -> Path | None
 
     found = []
     for info_path in folder.glob(f"*/{ENCODER_INFO}"):
+        if info_path.parent.name.startswith("."):  # a temporary of a write still under way
+            continue
         info = json.loads(info_path.read_text())
         day = dt.date.fromisoformat(info["trained_on"])
         if (info["base"] == tcfg.model and info["max_length"] == tcfg.max_length
@@ -181,15 +183,17 @@ def ensure_encoder(tcfg: TextConfig, encoders: Path, train: pl.DataFrame, date: 
     if reuse is not None:
         log.info("text fine-tune: reusing %s", reuse)
         return reuse
-    scratch = encoders / f"{date.isoformat()}-new"
+    import uuid
+
+    scratch = encoders / f"{date.isoformat()}-new-{uuid.uuid4().hex[:8]}"  # two runs fitting at once do not collide
     info = finetune(tcfg, train, scratch, date, seed)
     final = encoders / f"{date.isoformat()}-{info['version']}"
-    if final.exists():  # the same weights again (same data and seed): keep the one already there
+    try:
+        scratch.rename(final)
+    except OSError:  # the same weights again (same data and seed), already there: keep that one
         import shutil
 
         shutil.rmtree(scratch)
-    else:
-        scratch.rename(final)
     return final
 
 

@@ -29,7 +29,7 @@ def tail_landing(tmp_path_factory) -> Path:
     from pipeline.data.generate import generate
 
     out = tmp_path_factory.mktemp("tail") / "landing"
-    generate(out, days=5, impressions_per_day=2500, users=120, items=80, seed=4, start_date=DAYS[0], long_tail=0.5)
+    generate(out, days=5, impressions_per_day=1800, users=120, items=80, seed=4, start_date=DAYS[0], long_tail=0.5)
     return out
 
 

@@ -44,10 +44,10 @@ class JointTextEncoder(nn.Module):
         super().__init__()
         info = spec.text_encoder
         self.model = spec.text_encoder_model if spec.text_encoder_model is not None else _from_config(info)
-        tokens = spec.text_tokens
-        if tokens is None:
-            tokens = torch.zeros(2, spec.text_rows, info["max_length"], dtype=torch.int32)
-        self.register_buffer("tokens", torch.as_tensor(tokens, dtype=torch.int32).clone())
+        ids = spec.text_tokens  # [2, n_texts, L]; None when loading: model.pt fills the zeros
+        if ids is None:
+            ids = torch.zeros(2, spec.text_rows, info["max_length"], dtype=torch.int32)
+        self.register_buffer("tokens", torch.as_tensor(ids, dtype=torch.int32).clone())
         self.lr = float(info["lr"])
         for p in self.model.parameters():
             p.requires_grad_(False)

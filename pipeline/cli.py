@@ -52,7 +52,8 @@ def cmd_generate(args):
     from pipeline.data.generate import generate
 
     return generate(args.out, days=args.days, impressions_per_day=args.impressions_per_day, users=args.users,
-                    items=args.items, seed=args.seed, start_date=args.start_date)
+                    items=args.items, seed=args.seed, start_date=args.start_date, long_tail=args.long_tail,
+                    popularity_drift=args.popularity_drift, new_items=args.new_items)
 
 
 def cmd_ingest(args):
@@ -160,6 +161,13 @@ def _add_data_commands(sub, common) -> None:
     p.add_argument("--items", type=int, default=150)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--start-date", default=None, metavar="YYYY-MM-DD")
+    p.add_argument("--long-tail", type=float, default=0.0, metavar="SHARE",
+                   help="share of titles reworded once and of each day's search queries reworded afresh "
+                        "(synonyms, word order, extra words, typos); 0 = off")
+    p.add_argument("--popularity-drift", type=float, default=0.0, metavar="STEP",
+                   help="daily random-walk step on each item's log popularity; 0 = off")
+    p.add_argument("--new-items", type=float, default=0.0, metavar="SHARE",
+                   help="share of items that first appear on a random later day; 0 = off")
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("import", parents=[common], help="convert a public/real dataset into a landing folder")
     p.add_argument("name", help="adapter name, e.g. hillstrom or ali-ccp")

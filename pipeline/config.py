@@ -62,15 +62,27 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    """The transformer text tower. `model`: the offline MiniLM name, a local folder or a hub name."""
+    """The transformer text tower. `model`: the offline MiniLM name, a local folder or a hub name.
+
+    `finetune`: "false" (frozen encoder), "contrastive" (fine-tune on the train window's click pairs before
+    features are embedded, pipeline.features.finetune) or "joint" (the top `finetune_layers` layers train with
+    the multi-task loss). The `finetune_*` keys size both modes."""
 
     enabled: bool = True
     model: str = "all-MiniLM-L6-v2"
-    finetune: bool = False
+    finetune: str = "false"
     max_length: int = 32
     max_chars: int = 512
     batch_size: int = 128
     proj_dim: int = 16
+    finetune_pairs: int = 20000  # contrastive: most (anchor, positive) pairs used, held-out part included
+    finetune_every_days: int = 7  # contrastive: reuse the last fine-tuned encoder while it is younger than this
+    finetune_epochs: int = 1
+    finetune_batch_size: int = 64  # contrastive: pairs per step (in-batch negatives = batch - 1)
+    finetune_lr: float = 2e-5  # both modes: the encoder's own learning rate
+    finetune_layers: int = 2  # joint: top transformer layers that train (the rest stay frozen)
+    finetune_heldout: float = 0.1  # contrastive: share of pairs held out for recall@k
+    finetune_recall_k: int = 10
 
 
 @dataclass(frozen=True)
@@ -191,6 +203,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if isinstance(value, bool):
                 return value
             raise TypeError(f"expected true/false, got {value!r}")
+        if typ is str and isinstance(value, bool):  # YAML reads `false`/`true` as booleans
+            return "true" if value else "false"
         if typ in (int, float, str):
             if typ is int and isinstance(value, float) and not value.is_integer():
                 raise TypeError(f"expected an integer, got {value!r}")
@@ -342,3 +356,27 @@ def validate_config(cfg: Config) -> None:
     _check(cfg.registry.connect_retries >= 1 and cfg.registry.retry_wait_s >= 0,
            "registry.connect_retries must be >= 1 and registry.retry_wait_s >= 0")
     _check(cfg.gate.bootstrap >= 0, "gate.bootstrap must be >= 0")
+    _validate_text(cfg.text)
+
+
+FINETUNE_MODES = ("false", "contrastive", "joint")
+
+
+def _validate_text(t: TextConfig) -> None:
+    """Every text.* value, so a bad one fails before any stage runs (not after validation published a day)."""
+    _check(t.finetune != "true", "text.finetune=true is ambiguous: set text.finetune=contrastive (fine-tune on "
+           "the train window's click pairs before training) or text.finetune=joint (top layers train with the "
+           "multi-task loss)")
+    _check(t.finetune in FINETUNE_MODES, f"text.finetune must be one of {FINETUNE_MODES}, got '{t.finetune}'")
+    _check(t.finetune == "false" or t.enabled, f"text.finetune={t.finetune} needs text.enabled=true")
+    _check(bool(t.model.strip()), "text.model must name an encoder (all-MiniLM-L6-v2, a folder or a hub name)")
+    _check(1 <= t.max_length <= 512, f"text.max_length must be in [1, 512], got {t.max_length}")
+    for key in ("max_chars", "batch_size", "proj_dim", "finetune_epochs", "finetune_recall_k", "finetune_layers"):
+        _check(getattr(t, key) >= 1, f"text.{key} must be >= 1, got {getattr(t, key)}")
+    _check(t.finetune_batch_size >= 2, "text.finetune_batch_size must be >= 2 (in-batch negatives need a batch)")
+    _check(t.finetune_pairs >= 2 * t.finetune_batch_size,
+           f"text.finetune_pairs must be >= 2 x text.finetune_batch_size ({2 * t.finetune_batch_size}), "
+           f"got {t.finetune_pairs}")
+    _check(t.finetune_every_days >= 0, "text.finetune_every_days must be >= 0 (0 = fine-tune every run)")
+    _check(0 < t.finetune_lr < 1, f"text.finetune_lr must be in (0, 1), got {t.finetune_lr}")
+    _check(0 < t.finetune_heldout <= 0.5, f"text.finetune_heldout must be in (0, 0.5], got {t.finetune_heldout}")

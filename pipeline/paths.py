@@ -8,6 +8,7 @@
         models/<name>/ model.pt, meta.json        name = "mtl" or "baseline_<task>"
         evaluation.json, predictions/<name>.parquet, registration.json
     <home>/text_cache/<encoder-key>/                       text embeddings by text hash, shared across runs
+    <home>/text_encoders/<date>-<version>/                 contrastively fine-tuned encoders (reused for days)
     <home>/mlflow.db, <home>/mlartifacts/                  default MLflow tracking store and artifacts
     <home>/locks/                                          per-date run locks
 """
@@ -68,6 +69,10 @@ class Layout:
     @property
     def text_cache(self) -> Path:
         return self.home / "text_cache"
+
+    @property
+    def text_encoders(self) -> Path:
+        return self.home / "text_encoders"
 
     @property
     def mlflow_db(self) -> Path:

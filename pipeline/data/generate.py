@@ -9,6 +9,8 @@ What drives the labels (so a model has something to learn beyond popularity):
 Users' segments correlate with their observable attributes (age bucket, city tier), so features can find them.
 
 Everything is vectorised numpy; one `numpy.random.Generator` seeded once makes the output deterministic.
+Long-tail text, drifting popularity and new items (pipeline.data.longtail) are off by default and draw from a
+second generator, so turning them off gives exactly the files earlier versions wrote.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def _sample_in_category(rng, cats: np.ndarray, items: dict) -> np.ndarray:
     hi_idx = np.searchsorted(cat_sorted, np.arange(n_cat), side="right")
     base = np.concatenate([[0.0], cdf])
     lo, hi = base[lo_idx[cats]], base[hi_idx[cats]]
-    empty = hi_idx[cats] == lo_idx[cats]
+    empty = (hi_idx[cats] == lo_idx[cats]) | (hi <= lo)  # no items, or none out yet (longtail.Catalogue)
     u = lo + rng.random(len(cats)) * (hi - lo)
     pos = np.clip(np.searchsorted(cdf, u, side="right"), lo_idx[cats], np.maximum(hi_idx[cats] - 1, 0))
     out = order[pos]
@@ -243,7 +245,8 @@ def _labels(rng, user, item, req, position, surface, hour, overlap, users: dict,
     return clicked.astype(np.int8), carted.astype(np.int8), purchased.astype(np.int8)
 
 
-def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, items_cols: dict, items: dict):
+def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, items_cols: dict, items: dict,
+         aux=None, long_tail: float = 0.0):
     """Day number `index` of the window as a pyarrow Table in the contract schema (users active by then)."""
     import pyarrow as pa
 
@@ -257,7 +260,15 @@ def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, i
     user = rng.choice(len(weight), n_req, p=weight / weight.sum())
     surface = rng.choice(3, n_req, p=list(SURFACE_P.values()))
     item, intended = _choose_items(rng, user, surface, req, users, items)
+    if "available" in items:  # a repeat redrawn by _dedupe may be an item not out yet: redraw it by popularity
+        for arr in (item, intended):
+            late = ~items["available"][arr]
+            arr[late] = aux.choice(len(items["pop_w"]), int(late.sum()), p=items["pop_w"])
     qtext, qtok = _queries(rng, surface, intended, items_cols, items)
+    if long_tail > 0:
+        from pipeline.data.longtail import reword_queries
+
+        qtext = reword_queries(aux, qtext, qtok, VOCAB, long_tail)
     overlap = (qtok[req][:, :, None] == items["tokens"][item][:, None, :]).any(-1).sum(1)
     # Diurnal traffic: more requests in the evening; each request's rows are 1 ms apart.
     sec = np.clip((rng.normal(19.5, 4.0, n_req) % 24) * 3600, 0, 86399 - 1).astype(np.int64)
@@ -299,11 +310,18 @@ def generate(
     items: int,
     seed: int,
     start_date: str | dt.date | None = None,
+    *,
+    long_tail: float = 0.0,
+    popularity_drift: float = 0.0,
+    new_items: float = 0.0,
 ) -> dict:
     """Write a landing folder in the contract: users.parquet, items.parquet, impressions/dt=D/part-0.parquet.
 
     Each day folder gets `_SUCCESS` after its file (the DAG sensor waits for it). `start_date` defaults to the
     `days` days ending yesterday (UTC). Same arguments -> byte-identical files. Returns {"landing", "dates"}.
+    `long_tail` (0..1): share of item titles reworded once and of each day's search queries reworded afresh
+    (synonyms, word order, extra words, typos). `popularity_drift` (>= 0): daily step of a random walk on each
+    item's log popularity. `new_items` (0..1): share of items that first appear on a random later day.
     """
     import pyarrow as pa
 
@@ -313,6 +331,9 @@ def generate(
 
     if days < 1 or impressions_per_day < 1 or users < 1 or items < 1:
         raise ConfigError("generate: days, impressions_per_day, users and items must all be >= 1")
+    if not (0 <= long_tail <= 1 and popularity_drift >= 0 and 0 <= new_items < 1):
+        raise ConfigError(f"generate: long_tail must be in [0, 1] (got {long_tail}), popularity_drift >= 0 (got "
+                          f"{popularity_drift}), new_items in [0, 1) (got {new_items})")
     if start_date is None:
         start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     else:
@@ -322,11 +343,22 @@ def generate(
     start_ts = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC)
     users_cols, user_latent = _make_users(rng, users, start_ts, days)
     items_cols, item_latent = _make_items(rng, items)
+    aux = np.random.default_rng([seed, 1])  # long tail and catalogue moves: the main stream stays as it was
+    if long_tail > 0:
+        from pipeline.data.longtail import reword_titles
+
+        reword_titles(aux, items_cols, item_latent["tokens"], VOCAB, long_tail)
+    catalogue = None
+    if popularity_drift > 0 or new_items > 0:
+        from pipeline.data.longtail import Catalogue
+
+        catalogue = Catalogue.make(aux, np.exp(item_latent["pop"]), days, popularity_drift, new_items)
     _write_parquet(pa.table(users_cols, schema=USERS), out / "users.parquet")
     _write_parquet(pa.table(items_cols, schema=ITEMS), out / "items.parquet")
     dates = [start + dt.timedelta(days=i) for i in range(days)]
     for i, d in enumerate(dates):
-        table = _day(rng, d, i, impressions_per_day, users_cols, user_latent, items_cols, item_latent)
+        day_items = catalogue.day(item_latent, i) if catalogue else item_latent
+        table = _day(rng, d, i, impressions_per_day, users_cols, user_latent, items_cols, day_items, aux, long_tail)
         folder = out / "impressions" / f"dt={d.isoformat()}"
         _write_parquet(table, folder / "part-0.parquet")
         (folder / "_SUCCESS").write_text("")

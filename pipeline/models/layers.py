@@ -41,6 +41,11 @@ class FeatureInput(nn.Module):
             self.register_buffer(f"{name}_cols", torch.tensor(cols, dtype=torch.int64), persistent=False)
             self.register_buffer(f"{name}_offsets", torch.cumsum(sizes, 0) - sizes, persistent=False)
         self.n_text = len(spec.text_columns)
+        self.text_encoder = None
+        if self.n_text and spec.text_encoder:  # text.finetune=joint: vectors from the transformer, per batch
+            from pipeline.models.text_tower import JointTextEncoder
+
+            self.text_encoder = JointTextEncoder(spec)
         if self.n_text:
             table = spec.text_table if spec.text_table is not None else torch.zeros(spec.text_rows, spec.text_dim)
             self.register_buffer("text_table", torch.as_tensor(table, dtype=torch.float32).clone())
@@ -65,7 +70,8 @@ class FeatureInput(nn.Module):
                 self.last_rows.append(table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1))
         parts = [r.flatten(1) for r in self.last_rows] + [batch["num"]]
         if self.n_text:
-            parts.append(self.text_proj(self.text_table[batch["text"]]).flatten(1))  # [B, X*P]
+            vecs = self.text_table[batch["text"]] if self.text_encoder is None else self.text_encoder(batch["text"])
+            parts.append(self.text_proj(vecs).flatten(1))  # [B, X*P]
         return torch.cat(parts, 1)
 
 
@@ -208,6 +214,12 @@ class MultiTaskModel(nn.Module):
         then optimises it with Adam instead of SparseAdam."""
         if self.features.embedding is not None:
             self.features.embedding.sparse = False
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups with optimiser settings of their own (the jointly trained text encoder's low learning
+        rate); the trainer keeps these parameters out of its default groups."""
+        enc = self.features.text_encoder
+        return enc.param_groups() if enc is not None else []
 
     def init_output_bias(self, rates: dict[str, float]) -> None:
         """Start each tower's logit at its task's base rate (train label rate on its sample space), so the first

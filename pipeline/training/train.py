@@ -76,9 +76,6 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     from pipeline.training import trainer
 
     arch, tasks, mcfg, weighting = model_plan(cfg, name)
-    if cfg.text.enabled and cfg.text.finetune:
-        raise ConfigError("text.finetune=true is not supported by the trainer; it uses the frozen text table "
-                          "(set text.finetune=false)")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -89,6 +86,11 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     run_dir = Layout.of(cfg.home).run_dir(run_id)
     spec = dataset.read_spec(run_dir)
     inputs = dataset.input_spec(run_dir, spec, cfg.text.proj_dim)
+    joint = name == MTL_MODEL and cfg.text.enabled and cfg.text.finetune == "joint"
+    if joint:  # the MTL model trains the encoder's top layers; baselines keep the frozen table
+        from pipeline.features.finetune import joint_inputs
+
+        inputs = joint_inputs(inputs, run_dir, cfg.text)
     model = models.build(arch, inputs, mcfg, tasks)
     grad = cfg.train.embedding_grad
     if grad == "dense" or (grad == "auto" and world > 1):
@@ -111,12 +113,26 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
             tmp.mkdir(parents=True)
             torch.save(model.state_dict(), tmp / MODEL_FILE)
             write_json(tmp / META_FILE, meta)
+            if joint:
+                _save_joint_encoder(cfg, model, inputs, tmp / "encoder", run_id)
         ckpt.unlink(missing_ok=True)
         for folder in (ckpt.parent, ckpt.parent.parent):  # drop the checkpoint folders once empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
     return {"run_id": run_id, "name": name, "model_dir": str(model_dir), "best_epoch": s.best["epoch"],
             "valid": {**best["valid"], "metric": best["metric"]}}
+
+
+def _save_joint_encoder(cfg: Config, model: Any, inputs: Any, folder: Path, run_id: str) -> None:
+    """The jointly trained encoder as its own versioned folder (safetensors + tokenizer, text.save_encoder), so
+    unseen texts can be embedded with the weights the model was trained with."""
+    from pipeline.features.text import load_tokenizer, save_encoder
+
+    info = inputs.text_encoder
+    tokenizer = load_tokenizer(dataclasses.replace(cfg.text, model=info["base"]))
+    save_encoder(tokenizer, model.features.text_encoder.model, folder,
+                 {"base": info["base"], "max_length": info["max_length"], "trained_on": run_id,
+                  "joint": {"layers": info["layers"], "lr": info["lr"]}})
 
 
 def _place(train: Any, device: Any) -> Any:

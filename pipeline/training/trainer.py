@@ -60,17 +60,20 @@ def shared_parameters(model: Any, sample: TensorData) -> list[torch.nn.Parameter
 
 def make_optimizers(model: Any, weighting: Weighting, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """SparseAdam for the large-id table (only the batch's rows move); Adam for everything else, with weight
-    decay on weight matrices only (never on embeddings, biases or the weighting's own parameters)."""
+    decay on weight matrices only (never on embeddings, biases or the weighting's own parameters). Groups the
+    model declares (`model.param_groups()`, e.g. a jointly trained text encoder) keep their own settings."""
     sparse, decay, plain = [], [], list(weighting.parameters())
     table = model.features.embedding
     sparse_table = table is not None and table.sparse  # dense under DDP (model.dense_embedding_gradients)
+    own = model.param_groups()  # e.g. the jointly trained text encoder, with its own learning rate
+    taken = {id(p) for g in own for p in g["params"]}
     for n, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in taken:
             group = (sparse if n == SPARSE_PARAM and sparse_table else
                      plain if n.endswith("bias") or "embedding" in n else decay)
             group.append(p)
     dense = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)
+                              {"params": plain, "weight_decay": 0.0}, *own], lr=cfg.lr)
     return [torch.optim.SparseAdam(sparse, lr=cfg.lr), dense] if sparse else [dense]
 
 

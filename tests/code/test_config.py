@@ -56,6 +56,24 @@ def test_home_defaults_to_env(monkeypatch, tmp_path):
         (["train.early_stop_metric=auc:nope"], "early_stop_metric"),
         (["model=3"], "model"),
         (["train.epochs"], "key=value"),
+        (["text.finetune=true"], "text.finetune=true is ambiguous"),
+        (["text.finetune=yes"], "text.finetune=true is ambiguous"),
+        (["text.finetune=sometimes"], "text.finetune must be one of"),
+        (["text.finetune=joint", "text.enabled=false"], "text.enabled=true"),
+        (["text.max_length=0"], "text.max_length"),
+        (["text.max_length=1000"], "text.max_length"),
+        (["text.max_chars=0"], "text.max_chars"),
+        (["text.batch_size=0"], "text.batch_size"),
+        (["text.proj_dim=0"], "text.proj_dim"),
+        (["text.model= "], "text.model"),
+        (["text.finetune_pairs=10"], "text.finetune_pairs"),
+        (["text.finetune_batch_size=1"], "text.finetune_batch_size"),
+        (["text.finetune_every_days=-1"], "text.finetune_every_days"),
+        (["text.finetune_lr=0"], "text.finetune_lr"),
+        (["text.finetune_layers=0"], "text.finetune_layers"),
+        (["text.finetune_heldout=0.9"], "text.finetune_heldout"),
+        (["text.finetune_recall_k=0"], "text.finetune_recall_k"),
+        (["text.finetune_epochs=0"], "text.finetune_epochs"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_the_key(overrides, fragment):
@@ -110,6 +128,12 @@ def test_form_defaults_follow_mtl_config(monkeypatch, tmp_path):
     assert p["model__name"].schema["enum"] == list(form.MODEL_NAMES)
     assert p["train__epochs"].schema["type"] == "integer" and p["dry_run"].schema["type"] == "boolean"
     assert all(p[n].schema.get("title") and p[n].description for n in p)
+
+
+@pytest.mark.parametrize("value, mode", [("false", "false"), ("no", "false"), ("contrastive", "contrastive"),
+                                         ("joint", "joint")])
+def test_text_finetune_modes(value, mode):
+    assert load_config(overrides=[f"text.finetune={value}"]).text.finetune == mode
 
 
 def test_readme_documents_every_config_key():

@@ -162,3 +162,63 @@ def test_purchase_drivers_differ_from_click(frames):
     cvr = clicked.group_by(cheap).agg(pl.col("purchased").mean()).sort("rel")["purchased"].to_list()
     ctr = imp.group_by(cheap).agg(pl.col("clicked").mean()).sort("rel")["clicked"].to_list()
     assert cvr[1] / cvr[0] > ctr[1] / ctr[0] > 0.9
+
+
+def test_defaults_write_what_earlier_versions_wrote(tmp_path):
+    """The long-tail and catalogue settings draw from their own generator: off, the data is unchanged (digests
+    taken from the generator before those settings existed)."""
+    import hashlib
+
+    generate(tmp_path / "x", days=3, impressions_per_day=500, users=60, items=40, seed=3, start_date="2026-03-01")
+    want = {"users.parquet": "dc13ce2fc64f5dd9", "items.parquet": "e78cc591b9bdfedc",
+            "impressions/dt=2026-03-03/part-0.parquet": "ce22a9afae75c950"}
+    got = {f: hashlib.sha256(pl.read_parquet(tmp_path / "x" / f).write_csv().encode()).hexdigest()[:16] for f in want}
+    assert got == want
+
+
+def _unseen_query_share(landing) -> float:
+    imp = pl.read_parquet(landing / "impressions" / "*" / "*.parquet", hive_partitioning=True)
+    q = imp.filter(pl.col("surface") == "search").select("dt", "query").unique()
+    last = q["dt"].max()
+    seen = set(q.filter(pl.col("dt") < last)["query"].to_list())
+    today = q.filter(pl.col("dt") == last)["query"].to_list()
+    return sum(t not in seen for t in today) / len(today)
+
+
+def test_long_tail_brings_new_queries_and_reworded_titles(tmp_path):
+    args = {"days": 4, "impressions_per_day": 3000, "users": 150, "items": 120, "seed": 5, "start_date": "2026-03-01"}
+    generate(tmp_path / "plain", **args)
+    generate(tmp_path / "tail", long_tail=0.6, **args)
+    plain, tail = _unseen_query_share(tmp_path / "plain"), _unseen_query_share(tmp_path / "tail")
+    assert tail > plain + 0.1  # every day brings query strings never seen before
+    t0, t1 = (pl.read_parquet(tmp_path / n / "items.parquet")["title"] for n in ("plain", "tail"))
+    assert 0.4 < (t0 != t1).mean() < 0.8  # about the long_tail share of titles said another way
+    # Meaning is kept: queries that share a word with the item's plain title still click more.
+    imp = pl.read_parquet(tmp_path / "tail" / "impressions" / "*" / "*.parquet", hive_partitioning=True)
+    s = imp.filter(pl.col("surface") == "search").join(pl.read_parquet(tmp_path / "plain" / "items.parquet")
+                                                       .select("item_id", "title"), on="item_id")
+    hit = pl.Series([len(set(q.split()) & set(t.lower().split())) > 1 for q, t in zip(s["query"], s["title"])])
+    assert s.filter(hit)["clicked"].mean() > 1.5 * s.filter(~hit)["clicked"].mean()
+
+
+def test_new_items_appear_during_the_log_and_popularity_drifts(tmp_path):
+    args = {"days": 6, "impressions_per_day": 3000, "users": 150, "items": 200, "seed": 5, "start_date": "2026-03-01"}
+    generate(tmp_path / "moving", new_items=0.4, popularity_drift=0.8, **args)
+    generate(tmp_path / "still", **args)
+    shares = {}
+    for name in ("moving", "still"):
+        imp = pl.read_parquet(tmp_path / name / "impressions" / "*" / "*.parquet", hive_partitioning=True)
+        items = pl.read_parquet(tmp_path / name / "items.parquet")
+        assert imp["item_id"].is_in(items["item_id"].implode()).all()  # new items are in the snapshot
+        first = imp.group_by("item_id").agg(pl.col("dt").min())
+        shares[name] = (first["dt"] > imp["dt"].min()).mean()
+        counts = imp.group_by("item_id", "dt").len().pivot("dt", index="item_id", values="len").fill_null(0)
+        days = sorted(c for c in counts.columns if c != "item_id")
+        shares[name + "_corr"] = np.corrcoef(counts[days[0]].to_numpy(), counts[days[-1]].to_numpy())[0, 1]
+    assert shares["moving"] > shares["still"] + 0.2  # items first shown after day 0
+    assert shares["moving_corr"] < shares["still_corr"] - 0.1  # popularity moved between the first and last day
+
+
+def test_bad_long_tail_settings_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="long_tail"):
+        generate(tmp_path / "x", days=2, impressions_per_day=10, users=5, items=5, seed=0, long_tail=2.0)

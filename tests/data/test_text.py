@@ -97,7 +97,7 @@ def _lake(landing: Path, home: Path) -> Layout:
 
 def test_text_features_end_to_end(small_landing, tmp_path, capsys):
     lay = _lake(small_landing, tmp_path / "home")
-    over = ["data.train_days=1", "text.finetune=true", "features.history_windows=[1]"]
+    over = ["data.train_days=1", "text.finetune=joint", "features.history_windows=[1]"]
     cfg = load_config(overrides=over, home=lay.home)
     build_features(cfg, LAST)
     assert "embedded" in capsys.readouterr().err
@@ -114,7 +114,7 @@ def test_text_features_end_to_end(small_landing, tmp_path, capsys):
     t, q = test["text__title"].to_numpy(), test["text__query"].to_numpy()
     want = np.where(q > 0, np.einsum("ij,ij->i", table[t], table[q]), 0.0)
     assert np.abs(raw_cos - want).max() < 1e-4
-    tokens = np.load(feat / "state" / "text_tokens.npy")  # for text.finetune: ids and mask per table row
+    tokens = np.load(feat / "state" / "text_tokens.npy")  # for text.finetune=joint: ids and mask per table row
     assert tokens.shape == (2, len(table), 32) and not tokens[1, 0].any() and tokens[1, 1:, 0].all()
 
     build_features(cfg, LAST, run_id="second-night")  # warm cache: nothing is embedded again

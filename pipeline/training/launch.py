@@ -24,7 +24,6 @@ from pipeline.errors import TrainingError
 from pipeline.paths import MTL_MODEL, Layout
 
 
-
 def torchrun_command(cfg: Config, config_path: str, run_id: str, name: str, resume: bool) -> list[str]:
     """The torchrun command line for this config (standalone rendezvous on one host, c10d across hosts)."""
     t = cfg.train

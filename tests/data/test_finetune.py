@@ -152,8 +152,8 @@ def test_joint_step_trains_the_top_layers_at_their_own_rate_and_versions_the_enc
 
     from pipeline.features import dataset
     from pipeline.training import trainer
-    from pipeline.training.weighting import make_weighting
     from pipeline.training.train import load_trained, predict, train_model
+    from pipeline.training.weighting import make_weighting
 
     lay = _lake(tail_landing, tmp_path / "home")
     over = [*[o for o in fast_overrides if not o.startswith("text.")], "data.train_days=1", "features.history=false",

@@ -108,6 +108,23 @@ class TrainConfig:
     adversarial: str = "none"  # none | fgm
     fgm_epsilon: float = 0.5
     baselines: bool = True
+    gbdt_baselines: bool = True  # also one LightGBM per task (gbdt_<task>), compared like the DNN baselines
+
+
+@dataclass(frozen=True)
+class GbdtConfig:
+    """The LightGBM baseline per task (pipeline.training.gbdt): early stopping on the valid window's AUC."""
+
+    num_leaves: int = 63
+    learning_rate: float = 0.05
+    max_rounds: int = 1000
+    early_stopping_rounds: int = 30
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    cat_smoothing: float = 10.0
+    n_jobs: int = 2  # LightGBM otherwise takes every core of the machine
+    seed: int = 42
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,7 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gbdt: GbdtConfig = field(default_factory=GbdtConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -329,3 +347,15 @@ def validate_config(cfg: Config) -> None:
     _check(cfg.registry.connect_retries >= 1 and cfg.registry.retry_wait_s >= 0,
            "registry.connect_retries must be >= 1 and registry.retry_wait_s >= 0")
     _check(cfg.gate.bootstrap >= 0, "gate.bootstrap must be >= 0")
+    _validate_gbdt(cfg.gbdt)
+
+
+def _validate_gbdt(g: GbdtConfig) -> None:
+    _check(g.num_leaves >= 2, "gbdt.num_leaves must be >= 2")
+    _check(0 < g.learning_rate <= 1, "gbdt.learning_rate must be in (0, 1]")
+    _check(g.max_rounds >= 1 and g.early_stopping_rounds >= 1,
+           "gbdt.max_rounds and gbdt.early_stopping_rounds must be >= 1")
+    _check(g.min_data_in_leaf >= 1, "gbdt.min_data_in_leaf must be >= 1")
+    _check(0 < g.feature_fraction <= 1, "gbdt.feature_fraction must be in (0, 1]")
+    _check(g.lambda_l2 >= 0 and g.cat_smoothing >= 0, "gbdt.lambda_l2 and gbdt.cat_smoothing must be >= 0")
+    _check(g.n_jobs >= 1, "gbdt.n_jobs must be >= 1 (LightGBM would otherwise take every core)")

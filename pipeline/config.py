@@ -58,6 +58,8 @@ class FeatureConfig:
     history_windows: tuple[int, ...] = (1, 7, 28)
     smoothing: float = 20.0
     min_count: int = 1
+    context: bool = True  # list context: request size, relative position, price rank in the request
+    lexical: bool = True  # query-title word overlap, coverage, unmatched words, brand in query (search rows)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ModelConfig:
     task_experts: int = 1
     dropout: float = 0.1
     calibrator_weight: float = 0.6  # AITM behavioural calibrator (Xi et al. use 0.6)
+    id_dropout: float = 0.0  # training: share of id-like ids replaced by the unknown index, so that row learns
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,13 @@ class TrainConfig:
 class GbdtConfig:
     """The LightGBM baseline per task (pipeline.training.gbdt): early stopping on the valid window's AUC."""
 
-    num_leaves: int = 63
+    # Small, well-filled leaves: on a 12-day x 25k log, 15 leaves x >= 500 rows beat 63 x 50 by ~0.01 AUC.
+    num_leaves: int = 15
     learning_rate: float = 0.05
     max_rounds: int = 1000
     early_stopping_rounds: int = 30
-    min_data_in_leaf: int = 50
+    min_data_in_leaf: int = 500
+    max_cardinality: int = 1000  # categoricals with more ids are left to their history features
     feature_fraction: float = 0.8
     lambda_l2: float = 1.0
     cat_smoothing: float = 10.0
@@ -327,6 +332,7 @@ def validate_config(cfg: Config) -> None:
            "model.name=esmm needs tasks ctr and cvr or ctcvr")
     _check(m.embedding_dim >= 1 and m.num_experts >= 1, "model.embedding_dim and model.num_experts must be >= 1")
     _check(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
+    _check(0.0 <= m.id_dropout < 1.0, "model.id_dropout must be in [0, 1)")
     _check(t.weighting in WEIGHTINGS, f"train.weighting must be one of {WEIGHTINGS}, got '{t.weighting}'")
     _check(not t.task_weights or len(t.task_weights) == len(m.tasks),
            "train.task_weights needs one weight per task in model.tasks")
@@ -356,6 +362,7 @@ def _validate_gbdt(g: GbdtConfig) -> None:
     _check(g.max_rounds >= 1 and g.early_stopping_rounds >= 1,
            "gbdt.max_rounds and gbdt.early_stopping_rounds must be >= 1")
     _check(g.min_data_in_leaf >= 1, "gbdt.min_data_in_leaf must be >= 1")
+    _check(g.max_cardinality >= 2, "gbdt.max_cardinality must be >= 2")
     _check(0 < g.feature_fraction <= 1, "gbdt.feature_fraction must be in (0, 1]")
     _check(g.lambda_l2 >= 0 and g.cat_smoothing >= 0, "gbdt.lambda_l2 and gbdt.cat_smoothing must be >= 0")
     _check(g.n_jobs >= 1, "gbdt.n_jobs must be >= 1 (LightGBM would otherwise take every core)")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 SPARSE_MIN_ROWS = 4096  # features with at least this many ids get the sparse table
+ID_MIN_ROWS = 100  # id-like vocabularies (users, items, shops, brands): the ones id dropout applies to
 
 
 class FeatureInput(nn.Module):
@@ -28,11 +29,18 @@ class FeatureInput(nn.Module):
     one lookup per batch (row offsets per feature): `embedding` for large id spaces (users, items) with sparse
     gradients, so the optimiser touches only the batch's rows, and `small_embedding` for short vocabularies with
     dense gradients (a sparse update there would cost more in coalescing than the whole table). The text table
-    is a frozen buffer [n_texts, text_dim], projected by a Linear to P = `text_proj_dim`."""
+    is a frozen buffer [n_texts, text_dim], projected by a Linear to P = `text_proj_dim`.
 
-    def __init__(self, spec: InputSpec, dim: int):
+    `id_dropout` p: in training, each id of an id-like feature (vocabulary >= ID_MIN_ROWS) is replaced by the
+    unknown index 0 with probability p, so row 0 is trained as "an id not seen in training" and a new user or
+    item at serving gets that learned row instead of its random initial value."""
+
+    def __init__(self, spec: InputSpec, dim: int, id_dropout: float = 0.0):
         super().__init__()
         card = list(spec.cardinalities)
+        self.id_dropout = id_dropout
+        self.register_buffer("id_cols", torch.tensor([c >= ID_MIN_ROWS for c in card], dtype=torch.bool),
+                             persistent=False)
         big = [j for j, c in enumerate(card) if c >= SPARSE_MIN_ROWS]
         small = [j for j, c in enumerate(card) if c < SPARSE_MIN_ROWS]
         self.embedding, self.small_embedding = _table(card, big, dim, True), _table(card, small, dim, False)
@@ -53,6 +61,9 @@ class FeatureInput(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cat = batch["cat"]
+        if self.training and self.id_dropout > 0 and bool(self.id_cols.any()):
+            drop = (torch.rand(cat.shape, device=cat.device) < self.id_dropout) & self.id_cols
+            cat = cat.masked_fill(drop, 0)
         self.last_rows = []
         for table, cols, offsets in ((self.embedding, self.big_cols, self.big_offsets),
                                      (self.small_embedding, self.small_cols, self.small_offsets)):
@@ -182,7 +193,7 @@ class MultiTaskModel(nn.Module):
         self.loss_tasks = self.tasks
         self.tower_tasks = self.tasks
         self.cfg = cfg
-        self.features = FeatureInput(inputs, cfg.embedding_dim)
+        self.features = FeatureInput(inputs, cfg.embedding_dim, cfg.id_dropout)
         self.build(self.features.out_dim)
 
     def build(self, d_in: int) -> None:

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from conftest import RUN_ID
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, FeatureError, TrainingError
 from pipeline.evaluation import metrics
 
-FAST_GBDT = ["gbdt.max_rounds=60", "gbdt.early_stopping_rounds=10", "gbdt.n_jobs=1", "gbdt.num_leaves=15"]
+RUN_ID = "2026-01-10"  # the run of the feature_run fixture (tests/model/conftest.py)
+FAST_GBDT = ["gbdt.max_rounds=60", "gbdt.early_stopping_rounds=10", "gbdt.n_jobs=1", "gbdt.num_leaves=15",
+             "gbdt.min_data_in_leaf=20"]
 
 
 @pytest.fixture
@@ -39,8 +40,15 @@ def test_gbdt_learns_and_saves_lightgbm_text_with_categoricals(cfg, feature_run)
     assert (model_dir / "model.txt").read_text().startswith("tree")
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["tasks"] == ["ctr"] and meta["params"]["num_threads"] == 1
-    assert meta["categorical"] == [f"cat__{k}" for k in ("user_id", "item_id", "category", "surface", "device_id")]
+    assert meta["categorical"] == [f"cat__{k}" for k in ("user_id", "item_id", "category", "surface")]
+    assert "cat__device_id" not in meta["features"]  # 5000 ids > gbdt.max_cardinality: left to history
     assert "text__title" not in meta["features"]  # a row index into the text table, not a quantity
+    few = load_config(overrides=[*FAST_GBDT, "gbdt.max_cardinality=200"], home=feature_run)
+    from pipeline.training.gbdt import feature_columns
+
+    spec = json.loads((feature_run / "runs" / RUN_ID / "features" / "feature_spec.json").read_text())
+    cols, cats = feature_columns(spec, few.gbdt.max_cardinality)
+    assert cats == ["cat__item_id", "cat__category", "cat__surface"] and "cat__user_id" not in cols
     # The ids are split as categories (decision "=="), not as ordered numbers.
     booster = lgb.Booster(model_file=str(model_dir / "model.txt"))
     decisions = set()

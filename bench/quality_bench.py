@@ -33,6 +33,8 @@ ABLATIONS = {  # name -> overrides on top of the defaults
     "- history": ["features.history=false"],
     "- text": ["text.enabled=false"],
     "+ id_dropout 0.05": ["model.id_dropout=0.05"],
+    "+ cross_layers 2": ["model.cross_layers=2"],
+    "+ weighting uncertainty": ["train.weighting=uncertainty"],
 }
 FEATURE_KEYS = ("features.", "text.", "data.")
 

@@ -90,6 +90,7 @@ class ModelConfig:
     dropout: float = 0.1
     calibrator_weight: float = 0.6  # AITM behavioural calibrator (Xi et al. use 0.6)
     id_dropout: float = 0.0  # training: share of id-like ids replaced by the unknown index, so that row learns
+    cross_layers: int = 0  # DCN-v2 cross layers on the shared input (0 = none)
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,7 @@ def validate_config(cfg: Config) -> None:
     _check(m.embedding_dim >= 1 and m.num_experts >= 1, "model.embedding_dim and model.num_experts must be >= 1")
     _check(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
     _check(0.0 <= m.id_dropout < 1.0, "model.id_dropout must be in [0, 1)")
+    _check(0 <= m.cross_layers <= 8, "model.cross_layers must be in [0, 8]")
     _check(t.weighting in WEIGHTINGS, f"train.weighting must be one of {WEIGHTINGS}, got '{t.weighting}'")
     _check(not t.task_weights or len(t.task_weights) == len(m.tasks),
            "train.task_weights needs one weight per task in model.tasks")

@@ -88,6 +88,25 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
     return table
 
 
+class CrossNet(nn.Module):
+    """DCN-v2 cross layers (Wang et al. 2021): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, [B, d] -> [B, d].
+    Each layer adds explicit feature crosses one degree higher; W_l starts at zero, so the stack starts as the
+    identity and the MLPs above see their usual input until crosses pay off."""
+
+    def __init__(self, d: int, layers: int):
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+        for lin in self.linears:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for lin in self.linears:
+            x = torch.addcmul(x, x0, lin(x))
+        return x
+
+
 class ParallelLinear(nn.Module):
     """n independent Linear(in, out). x [B, in] (shared input) or [n, B, in] -> [n, B, out].
     Each member is initialised like nn.Linear, independently, so experts start (and stay) different."""
@@ -194,6 +213,7 @@ class MultiTaskModel(nn.Module):
         self.tower_tasks = self.tasks
         self.cfg = cfg
         self.features = FeatureInput(inputs, cfg.embedding_dim, cfg.id_dropout)
+        self.cross = CrossNet(self.features.out_dim, cfg.cross_layers) if cfg.cross_layers else None
         self.build(self.features.out_dim)
 
     def build(self, d_in: int) -> None:
@@ -203,7 +223,10 @@ class MultiTaskModel(nn.Module):
         raise AssertionError("subclasses define heads()")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return (self._compiled or self.heads)(self.features(batch))
+        x = self.features(batch)
+        if self.cross is not None:
+            x = self.cross(x)
+        return (self._compiled or self.heads)(x)
 
     _compiled = None
 

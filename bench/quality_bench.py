@@ -29,12 +29,14 @@ import numpy as np
 ABLATIONS = {  # name -> overrides on top of the defaults
     "defaults": [],
     "- lexical": ["features.lexical=false"],
-    "- context": ["features.context=false"],
+    "+ context": ["features.context=true"],
+    "- id_dropout": ["model.id_dropout=0"],
     "- history": ["features.history=false"],
     "- text": ["text.enabled=false"],
-    "+ id_dropout 0.05": ["model.id_dropout=0.05"],
     "+ cross_layers 2": ["model.cross_layers=2"],
     "+ weighting uncertainty": ["train.weighting=uncertainty"],
+    "ple instead of mmoe": ["model.name=ple"],
+    "esmm instead of mmoe": ["model.name=esmm"],
 }
 FEATURE_KEYS = ("features.", "text.", "data.")
 
@@ -146,13 +148,14 @@ def ablate(cfg_args: list[str], home: Path, date: str, tasks: list[str], names: 
         run_dir = Layout.of(home).run_dir(run_id)
         if not (run_dir / "features" / "feature_spec.json").is_file():
             build_features(cfg, date, run_id)
-        train_model(cfg, run_id, "mtl")
+        valid = train_model(cfg, run_id, "mtl")["valid"]["metric"]  # selection is on valid; test is reported
         import polars as pl
 
         test = pl.read_parquet(run_dir / "features" / "test.parquet")
         probs = predict_models(run_dir, test, read_spec(run_dir))["mtl"]
         rows[name] = _aucs(test, probs)
         rows[name]["mean"] = float(np.mean([v for v in rows[name].values() if v is not None]))
+        rows[name]["valid mean"] = float(valid)
         print(f"ablation {name}: {rows[name]}", file=sys.stderr, flush=True)
     return rows
 
@@ -191,9 +194,9 @@ def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args) ->
     after[f"registered ({alias}, via mtl score)"] = after.pop("registered")
     print_table(f"days after the run {days[-2]}..{days[-1]} AUC", after, tasks)
     if args.ablate:
-        names = args.ablations.split(",") if args.ablations else list(ABLATIONS)
+        names = args.ablations.split("|") if args.ablations else list(ABLATIONS)
         print_table(f"ablation, test day {date} AUC (MTL only)", ablate(sets, home, date, tasks, names),
-                    [*tasks, "mean"])
+                    [*tasks, "mean", "valid mean"])
 
 
 def main() -> None:
@@ -208,7 +211,7 @@ def main() -> None:
     ap.add_argument("--csv", default="/work/shared/data/real/hillstrom-email/hillstrom.csv")
     ap.add_argument("--set", action="append", default=[], dest="sets", help="extra config key=value")
     ap.add_argument("--ablate", action="store_true")
-    ap.add_argument("--ablations", default="", help=f"comma-separated subset of {list(ABLATIONS)}")
+    ap.add_argument("--ablations", default="", help=f"'|'-separated subset of {list(ABLATIONS)}")
     args = ap.parse_args()
     work = Path(args.work) / args.dataset
     landing, home = work / "landing", work / "home"

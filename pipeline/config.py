@@ -105,7 +105,7 @@ class TrainConfig:
     weighting: str = "fixed"
     task_weights: tuple[float, ...] = ()  # empty = 1.0 for every task
     patience: int = 1
-    early_stop_metric: str = "mean_auc"  # or "auc:<task>"
+    early_stop_metric: str = "mean_auc"  # or "weighted_auc" (by sqrt of valid positives) or "auc:<task>"
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
@@ -345,8 +345,8 @@ def validate_config(cfg: Config) -> None:
     _check(t.adversarial in ("none", "fgm"), "train.adversarial must be none or fgm")
     _check(t.precision in ("auto", "bf16", "fp32"), "train.precision must be auto, bf16 or fp32")
     metric = t.early_stop_metric
-    _check(metric == "mean_auc" or (metric.startswith("auc:") and metric[4:] in m.tasks),
-           "train.early_stop_metric must be mean_auc or auc:<one of model.tasks>")
+    _check(metric in ("mean_auc", "weighted_auc") or (metric.startswith("auc:") and metric[4:] in m.tasks),
+           "train.early_stop_metric must be mean_auc, weighted_auc or auc:<one of model.tasks>")
     _check(cfg.validation.drift_action in ("fail", "warn"), "validation.drift_action must be fail or warn")
     v = cfg.validation
     _check(v.drift_days >= 1 and v.drift_min_positives >= 0,

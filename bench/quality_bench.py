@@ -206,7 +206,7 @@ def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args) ->
     alias = "champion" if reg.get("champion") else "challenger"
     uri = f"models:/{cfg.registry.model_name}@{alias}"
     after = after_days(cfg, landing, date, days[-2:], uri)
-    after[f"registered ({alias}, via mtl score)"] = after.pop("registered")
+    after[f"registered ({alias}, via mtl score)"] = after.pop("registered", {})
     print_table(f"days after the run {days[-2]}..{days[-1]} AUC", after, tasks)
     if args.ablate:
         names = args.ablations.split("|") if args.ablations else list(ABLATIONS)

@@ -55,7 +55,8 @@ def prepare(work: Path, landing: Path | None, peer: bool) -> Path:
             generate(landing, **SIZE)
     date = max(p.name[3:] for p in (landing / "impressions").iterdir() if p.name.startswith("dt="))
     run_dir = home / "runs" / date
-    overrides = DATA + ([f"features.categorical=[{','.join(PEER_CATS)}]", "features.history=false"] if peer else [])
+    overrides = DATA + ([f"features.categorical=[{','.join(PEER_CATS)}]", "features.history=false",
+                        "features.context=false", "features.lexical=false"] if peer else [])
     if (run_dir / "features" / "feature_spec.json").is_file():
         return run_dir
     from pipeline.data.ingest import ingest

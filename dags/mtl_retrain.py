@@ -135,6 +135,7 @@ def check_config() -> dict:
         "config": str(path), "config_hash": digest,
         "owner": f"airflow:{DAG_ID}:{ctx['dag_run'].run_id}", "dry_run": cfg.dry_run,
         "baselines": [n.removeprefix("baseline_") for n in model_names(cfg) if n.startswith("baseline_")],
+        "gbdts": [n.removeprefix("gbdt_") for n in model_names(cfg) if n.startswith("gbdt_")],
     }
 
 
@@ -142,6 +143,12 @@ def check_config() -> dict:
 def baseline_tasks(info: dict) -> list[str]:
     """The tasks that get a single-task baseline (none when `train.baselines` is off)."""
     return info["baselines"]
+
+
+@task(retries=0)
+def gbdt_tasks(info: dict) -> list[str]:
+    """The tasks that get a LightGBM baseline (none when `train.gbdt_baselines` is off)."""
+    return info.get("gbdts", [])
 
 
 @task(retries=3, retry_delay=dt.timedelta(minutes=1))
@@ -210,6 +217,15 @@ def train_baseline(info: dict, task_name: str) -> dict:
     return _train(info, f"baseline_{task_name}")
 
 
+gbdt_doc = ("Train the LightGBM baseline for one task (one mapped task instance per task; CPU only, "
+            "threads from `gbdt.n_jobs`, so no `gpu` pool).")
+
+
+@task(doc_md=gbdt_doc)
+def train_gbdt(info: dict, task_name: str) -> dict:
+    return _train(info, f"gbdt_{task_name}")
+
+
 @task(trigger_rule="none_failed")
 def evaluate(info: dict) -> dict:
     """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
@@ -253,8 +269,9 @@ def mtl_retrain():
     lock = take_lock(info)
     mtl = train_mtl(info)
     baselines = train_baseline.partial(info=info).expand(task_name=baseline_tasks(info))
+    gbdts = train_gbdt.partial(info=info).expand(task_name=gbdt_tasks(info))
     done = register(info)
-    chain(info, lock, wait_for_landing(info), ingest(info), validate(info), features(info), [mtl, baselines],
+    chain(info, lock, wait_for_landing(info), ingest(info), validate(info), features(info), [mtl, baselines, gbdts],
           evaluate(info), done)
     done >> release_lock(info).as_teardown(setups=lock)
 

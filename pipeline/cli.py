@@ -185,9 +185,10 @@ def _add_data_commands(sub, common) -> None:
 
 
 def _add_model_commands(sub, common) -> None:
-    p = sub.add_parser("train", parents=[common], help="train the MTL model and/or the single-task baselines")
+    p = sub.add_parser("train", parents=[common], help="train the MTL model and/or the baselines (DNN and LightGBM)")
     _stage_args(p)
-    p.add_argument("--name", default=None, help="mtl or baseline_<task> (default: mtl and every baseline)")
+    p.add_argument("--name", default=None, help="mtl, baseline_<task> (single-task DNN) or gbdt_<task> (LightGBM) "
+                   "(default: mtl and every enabled baseline)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", parents=[common], help="test-window metrics for the MTL model and baselines")

@@ -6,6 +6,7 @@
         validation/   validation.json, data_docs/
         features/     train|valid|test.parquet, feature_spec.json, state/ (vocabularies, history, text)
         models/<name>/ model.pt, meta.json        name = "mtl" or "baseline_<task>"
+        models/gbdt_<task>/ model.txt, meta.json  the LightGBM baseline (LightGBM's text format)
         evaluation.json, predictions/<name>.parquet, registration.json
     <home>/text_cache/<encoder-key>/                       text embeddings by text hash, shared across runs
     <home>/text_encoders/<date>-<version>/                 contrastively fine-tuned encoders (reused for days)
@@ -98,3 +99,7 @@ MTL_MODEL = "mtl"
 
 def baseline_name(task: str) -> str:
     return f"baseline_{task}"
+
+
+def gbdt_name(task: str) -> str:
+    return f"gbdt_{task}"

@@ -15,16 +15,27 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.io import read_json
 from pipeline.lock import run_lock
-from pipeline.paths import EVALUATION_FILE, MTL_MODEL, REGISTRATION_FILE, Layout, baseline_name, parse_date
+from pipeline.paths import (
+    EVALUATION_FILE,
+    MTL_MODEL,
+    REGISTRATION_FILE,
+    Layout,
+    baseline_name,
+    gbdt_name,
+    parse_date,
+)
 
 log = logging.getLogger(__name__)
 
 
 def model_names(cfg: Config) -> list[str]:
-    """The models one run trains: the MTL model, then one single-task baseline per task (if enabled)."""
+    """The models one run trains: the MTL model, then one single-task DNN baseline per task and one LightGBM
+    baseline per task (each if enabled)."""
     names = [MTL_MODEL]
     if cfg.train.baselines:
         names += [baseline_name(t) for t in cfg.model.tasks]
+    if cfg.train.gbdt_baselines:
+        names += [gbdt_name(t) for t in cfg.model.tasks]
     return names
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.io import read_json
-from pipeline.paths import FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name
+from pipeline.paths import FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name, gbdt_name
 
 SUMMARY_KEYS = ("auc", "logloss", "gauc_user", "gauc_request", "ndcg10", "ndcg10_fused", "pred_obs", "ece")
 
@@ -130,6 +130,24 @@ def _metrics_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _baselines_section(run_dir: Path, report: dict[str, Any]) -> list[str]:
+    """Test AUC of MTL beside every baseline present (DNN `baseline_<task>`, LightGBM `gbdt_<task>`), read from the
+    per-model metrics, and the LightGBM baselines' top features by gain."""
+    models = report["models"]
+    lines = ["## Baselines", "", "| task | MTL | single-task DNN | LightGBM |", "|---|---|---|---|"]
+    for task in report["tasks"]:
+        aucs = [(models.get(n) or {}).get(task, {}).get("overall", {}).get("auc")
+                for n in (MTL_MODEL, baseline_name(task), gbdt_name(task))]
+        lines.append(f"| {task} | " + " | ".join(_num(a) for a in aucs) + " |")
+    for task in report["tasks"]:
+        meta_path = Path(run_dir) / MODELS_DIR / gbdt_name(task) / "meta.json"
+        if meta_path.is_file():
+            meta = read_json(meta_path)
+            top = ", ".join(list(meta.get("importance", {}))[:5])
+            lines.append(f"- `{gbdt_name(task)}`: {meta.get('best_epoch')} trees; top features by gain: {top}")
+    return lines + [""]
+
+
 def _lineage(cfg: Config, spec: dict[str, Any], tags: dict[str, Any]) -> list[str]:
     layout = Layout.of(cfg.home)
     lines = ["## Lineage", "", f"- run id `{tags.get('run_id')}`, data date {tags.get('data_date')}",
@@ -152,12 +170,14 @@ def render(cfg: Config, run_dir: Path, report: dict[str, Any], decision, version
     meta_path = Path(run_dir) / MODELS_DIR / MTL_MODEL / "meta.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
     baselines = [t for t in report["tasks"] if baseline_name(t) in report["models"]]
+    gbdts = [t for t in report["tasks"] if gbdt_name(t) in report["models"]]
     champ = report["comparison"].get("champion")
     lines = [f"# {cfg.registry.model_name} version {version}", "",
              f"Run `{tags.get('run_id')}` for data date {report['date']}. Compared with single-task baselines for "
-             f"{', '.join(baselines) or 'no task'} and with "
+             f"{', '.join(baselines) or 'no task'}, LightGBM baselines for {', '.join(gbdts) or 'no task'} and with "
              + (f"champion version {champ['version']}" if champ else "no champion (first version)") + ".", ""]
     lines += _data_section(spec) + _model_section(cfg, meta, report, spec) + _metrics_section(report)
+    lines += _baselines_section(run_dir, report)
     lines += ["## Gate", "", f"**{'passed' if decision.passed else 'failed'}**; champion "
               + ("moved to this version." if champion_moved else "not moved."), ""]
     lines += [f"- {r}" for r in tags.get("gate_reasons", "").splitlines()] + [""]

@@ -22,7 +22,15 @@ from pipeline.errors import FeatureError, MTLError
 from pipeline.evaluation import gate
 from pipeline.evaluation.metrics import calibration_bins, summary
 from pipeline.io import atomic_path, write_json
-from pipeline.paths import EVALUATION_FILE, FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name
+from pipeline.paths import (
+    EVALUATION_FILE,
+    FEATURES_DIR,
+    MODELS_DIR,
+    MTL_MODEL,
+    Layout,
+    baseline_name,
+    gbdt_name,
+)
 from pipeline.serving.fused import PRICE, effective_exponents, formula, fused_score
 
 if TYPE_CHECKING:
@@ -44,8 +52,10 @@ def group_codes(frame: pl.DataFrame, column: str) -> np.ndarray:
 
 
 def predict_models(run_dir: Path, test: pl.DataFrame, spec: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """Probabilities of the run's MTL model and each baseline present: name -> task -> float [N]."""
+    """Probabilities of the run's MTL model and each baseline present (DNN `baseline_<task>`, LightGBM
+    `gbdt_<task>`): name -> task -> float [N]."""
     from pipeline.features.dataset import from_frame
+    from pipeline.training.gbdt import predict_gbdt
     from pipeline.training.train import load_trained, predict
 
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -60,6 +70,9 @@ def predict_models(run_dir: Path, test: pl.DataFrame, spec: dict[str, Any]) -> d
         tasks = tuple(meta["tasks"])
         probs = predict(model, from_frame(test, spec, tasks, where=str(model_dir)))
         out[name] = {t: np.asarray(probs[:, j], dtype=np.float64) for j, t in enumerate(tasks)}
+    for name in (gbdt_name(t) for t in TASKS):
+        if (run_dir / MODELS_DIR / name / "meta.json").is_file():
+            out[name] = predict_gbdt(run_dir / MODELS_DIR / name, test)
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.data.schema import TASKS
 from pipeline.io import read_json
-from pipeline.paths import MODELS_DIR, MTL_MODEL, baseline_name
+from pipeline.paths import MODELS_DIR, MTL_MODEL, baseline_name, gbdt_name
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +23,15 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     last = np.r_[s[1:] != s[:-1], True]  # the last row of each tie run
     tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
     return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def _names(task: str) -> tuple[str, ...]:
+    """The models drawn for one task: MTL, its DNN and LightGBM baselines, the champion."""
+    return MTL_MODEL, baseline_name(task), gbdt_name(task), "champion"
+
+
+def _label(name: str) -> str:
+    return name.replace("baseline_", "stl ").replace("gbdt_", "lgbm ")
 
 
 def _legend(ax) -> None:
@@ -47,7 +56,7 @@ def _roc(run_dir: Path, report: dict, out: Path, plt) -> None:
     fig, axes = _grid(len(tasks), plt)
     frames = {n: pl.read_parquet(run_dir / rel) for n, rel in report["predictions"].items()}
     for ax, task in zip(axes, tasks):
-        for name in (MTL_MODEL, baseline_name(task), "champion"):
+        for name in _names(task):
             f = frames.get(name)
             if f is None or f"p_{task}" not in f.columns:
                 continue
@@ -57,7 +66,7 @@ def _roc(run_dir: Path, report: dict, out: Path, plt) -> None:
             if y.size == 0 or y.min() == y.max():
                 continue
             fpr, tpr = roc_points(y, f[f"p_{task}"].to_numpy())
-            ax.plot(fpr, tpr, label=name.replace("baseline_", "stl "))
+            ax.plot(fpr, tpr, label=_label(name))
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
         ax.set(title=f"ROC {task}", xlabel="FPR", ylabel="TPR")
         _legend(ax)
@@ -70,10 +79,10 @@ def _calibration(report: dict, out: Path, plt) -> None:
     tasks = report["tasks"]
     fig, axes = _grid(len(tasks), plt)
     for ax, task in zip(axes, tasks):
-        for name in (MTL_MODEL, baseline_name(task)):
+        for name in _names(task)[:3]:
             cal = report["models"].get(name, {}).get(task, {}).get("calibration")
             if cal and cal["mean_pred"]:
-                ax.plot(cal["mean_pred"], cal["observed"], marker="o", ms=3, label=name.replace("baseline_", "stl "))
+                ax.plot(cal["mean_pred"], cal["observed"], marker="o", ms=3, label=_label(name))
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
         ax.set(title=f"calibration {task}", xlabel="mean predicted", ylabel="observed rate")
         _legend(ax)
@@ -84,21 +93,27 @@ def _calibration(report: dict, out: Path, plt) -> None:
 
 def _bars(report: dict, out: Path, plt) -> None:
     tasks = report["tasks"]
-    comp = report["comparison"]["tasks"]
     x = np.arange(len(tasks))
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 3.2))
-    lowest = 1.0
-    for i, key in enumerate(("mtl", "baseline", "champion")):
-        vals = np.array([np.nan if comp[t].get(key) is None else comp[t][key] for t in tasks], dtype=float)
-        bars = ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=key)
-        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3f}" for v in vals], fontsize=6)
+    fig, ax = plt.subplots(figsize=(2.0 * len(tasks) + 2, 3.2))
+    lowest, width = 1.0, 0.2
+    for i, key in enumerate(("mtl", "stl", "lgbm", "champion")):
+        # Read from the per-model metrics, so the plot does not depend on the comparison's layout.
+        vals = np.array([_test_auc(report, _names(t)[i], t) for t in tasks], dtype=float)
+        bars = ax.bar(x + (i - 1.5) * width, vals, width=width, label=key)
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3f}" for v in vals], fontsize=5)
         lowest = min(lowest, np.nanmin(vals, initial=1.0))
     ax.set_xticks(x, tasks)
-    ax.set(ylabel="test AUC", title="MTL vs single-task baseline vs champion", ylim=(max(0.0, lowest - 0.05), 1.0))
+    ax.set(ylabel="test AUC", title="MTL vs baselines (DNN, LightGBM) vs champion",
+           ylim=(max(0.0, lowest - 0.05), 1.0))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "auc_bars.png", dpi=80)
     plt.close(fig)
+
+
+def _test_auc(report: dict, name: str, task: str) -> float:
+    auc = report["models"].get(name, {}).get(task, {}).get("overall", {}).get("auc")
+    return np.nan if auc is None else auc
 
 
 def _model_plots(meta: dict, out: Path, plt) -> None:

@@ -4,7 +4,8 @@ feature columns, for every split at training time and for scoring (docs/architec
 
 Derived inputs besides the configured columns: categorical `hour` (UTC hour of `ts`); numeric `position`
 (log1p), `log_price`, `price_vs_category` (log price minus the log median price of the item's category in
-the items snapshot), the history features of `pipeline.features.history`, and with text on `query_title_cos`.
+the items snapshot), the history features of `pipeline.features.history`, the list-context and lexical
+query-title groups of `pipeline.features.context`, and with text on `query_title_cos`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import polars as pl
 from pipeline.config import Config
 from pipeline.data.schema import IMPRESSIONS, ITEMS, LABELS, TASKS, USERS
 from pipeline.errors import FeatureError
+from pipeline.features import context
 from pipeline.features.history import KEYS, add_history, build_history, feature_names
 from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
 from pipeline.io import atomic_path, write_json
@@ -84,6 +86,8 @@ def _derive(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) ->
     ).join(state.category_price, on="category", how="left", maintain_order="left")
     if state.history is not None:
         base = add_history(base, state.history)
+    groups = meta.get("groups") or {}  # states written before the groups existed have none
+    base = context.add_context(base, groups)
     cols = [pl.col(c) for c in PASSTHROUGH if c in base.columns]
     cols += [pl.col(c).cast(pl.String).alias(f"c:{c}") for c in meta["categorical"]]
     cols += [
@@ -94,6 +98,7 @@ def _derive(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) ->
     ]
     if state.history is not None:
         cols += [pl.col(c).alias(f"n:{c}") for c in feature_names(state.history.windows)]
+    cols += [pl.col(f"n:{c}") for c in context.names(groups)]
     out = base.select(cols)
     if state.text is not None:
         out = _add_text(out, base.select("title", "query"), state, extend_text)
@@ -206,7 +211,8 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFram
     meta: dict[str, Any] = {"categorical": list(dict.fromkeys([*f.categorical, "hour"])), "numeric_inputs": declared,
                             "min_count": f.min_count, "stats": {}, "text": None,
                             "history": {"enabled": f.history, "windows": list(f.history_windows),
-                                        "smoothing": f.smoothing}}
+                                        "smoothing": f.smoothing},
+                            "groups": {"context": f.context, "lexical": f.lexical}}
     state = FeatureState(meta, {}, cat_price)
     if f.history:
         state.history = build_history(raw.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS,
@@ -222,6 +228,7 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFram
                                                      .unique().sort())
         state.text.add(texts.to_series().to_list(), tcfg, state.cache_dir)
         numeric.append("query_title_cos")
+    numeric += context.names(meta["groups"])
     meta["numeric"] = numeric
     return state
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 SPARSE_MIN_ROWS = 4096  # features with at least this many ids get the sparse table
+ID_MIN_ROWS = 100  # id-like vocabularies (users, items, shops, brands): the ones id dropout applies to
 
 
 class FeatureInput(nn.Module):
@@ -28,11 +29,18 @@ class FeatureInput(nn.Module):
     one lookup per batch (row offsets per feature): `embedding` for large id spaces (users, items) with sparse
     gradients, so the optimiser touches only the batch's rows, and `small_embedding` for short vocabularies with
     dense gradients (a sparse update there would cost more in coalescing than the whole table). The text table
-    is a frozen buffer [n_texts, text_dim], projected by a Linear to P = `text_proj_dim`."""
+    is a frozen buffer [n_texts, text_dim], projected by a Linear to P = `text_proj_dim`.
 
-    def __init__(self, spec: InputSpec, dim: int):
+    `id_dropout` p: in training, each id of an id-like feature (vocabulary >= ID_MIN_ROWS) is replaced by the
+    unknown index 0 with probability p, so row 0 is trained as "an id not seen in training" and a new user or
+    item at serving gets that learned row instead of its random initial value."""
+
+    def __init__(self, spec: InputSpec, dim: int, id_dropout: float = 0.0):
         super().__init__()
         card = list(spec.cardinalities)
+        self.id_dropout = id_dropout
+        self.register_buffer("id_cols", torch.tensor([c >= ID_MIN_ROWS for c in card], dtype=torch.bool),
+                             persistent=False)
         big = [j for j, c in enumerate(card) if c >= SPARSE_MIN_ROWS]
         small = [j for j, c in enumerate(card) if c < SPARSE_MIN_ROWS]
         self.embedding, self.small_embedding = _table(card, big, dim, True), _table(card, small, dim, False)
@@ -58,6 +66,9 @@ class FeatureInput(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cat = batch["cat"]
+        if self.training and self.id_dropout > 0 and bool(self.id_cols.any()):
+            drop = (torch.rand(cat.shape, device=cat.device) < self.id_dropout) & self.id_cols
+            cat = cat.masked_fill(drop, 0)
         self.last_rows = []
         for table, cols, offsets in ((self.embedding, self.big_cols, self.big_offsets),
                                      (self.small_embedding, self.small_cols, self.small_offsets)):
@@ -81,6 +92,25 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
     table = nn.Embedding(sum(card[j] for j in cols), dim, sparse=sparse)
     nn.init.normal_(table.weight, std=0.01)  # small: ids start near-neutral (bench/train_bench.py --peer-config: +0.0015 AUC vs std 0.05)
     return table
+
+
+class CrossNet(nn.Module):
+    """DCN-v2 cross layers (Wang et al. 2021): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, [B, d] -> [B, d].
+    Each layer adds explicit feature crosses one degree higher; W_l starts at zero, so the stack starts as the
+    identity and the MLPs above see their usual input until crosses pay off."""
+
+    def __init__(self, d: int, layers: int):
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+        for lin in self.linears:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for lin in self.linears:
+            x = torch.addcmul(x, x0, lin(x))
+        return x
 
 
 class ParallelLinear(nn.Module):
@@ -188,7 +218,8 @@ class MultiTaskModel(nn.Module):
         self.loss_tasks = self.tasks
         self.tower_tasks = self.tasks
         self.cfg = cfg
-        self.features = FeatureInput(inputs, cfg.embedding_dim)
+        self.features = FeatureInput(inputs, cfg.embedding_dim, cfg.id_dropout)
+        self.cross = CrossNet(self.features.out_dim, cfg.cross_layers) if cfg.cross_layers else None
         self.build(self.features.out_dim)
 
     def build(self, d_in: int) -> None:
@@ -198,7 +229,10 @@ class MultiTaskModel(nn.Module):
         raise AssertionError("subclasses define heads()")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return (self._compiled or self.heads)(self.features(batch))
+        x = self.features(batch)
+        if self.cross is not None:
+            x = self.cross(x)
+        return (self._compiled or self.heads)(x)
 
     _compiled = None
 

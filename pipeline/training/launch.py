@@ -44,8 +44,8 @@ def launch(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = False
     """Train model `name` of run `run_id`, distributed when the config asks for it; see the module docstring."""
     from pipeline.training.train import RESULT_MARK, train_model
 
-    if cfg.train.nproc_per_node <= 1 and cfg.train.nnodes <= 1:
-        return train_model(cfg, run_id, name, resume)
+    if (cfg.train.nproc_per_node <= 1 and cfg.train.nnodes <= 1) or name.startswith("gbdt_"):
+        return train_model(cfg, run_id, name, resume)  # LightGBM has its own threads (gbdt.n_jobs), no DDP
     # the ranks read the run's exact config from this file (never re-resolved from $MTL_CONFIG or a form)
     config_path = Layout.of(cfg.home).run_dir(run_id) / "launch" / f"{name}.config.json"
     save_config(cfg, config_path)

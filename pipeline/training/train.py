@@ -1,7 +1,7 @@
 """Train stage: `train_model(cfg, run_id, name)` -> runs/<run_id>/models/<name>/{model.pt, meta.json}.
 
 name "mtl" builds `cfg.model.name` over `cfg.model.tasks`; "baseline_<task>" builds `single_task` on that task
-with the same trainer and features. Model selection uses the valid split only; the test split is never read here.
+with the same trainer and features; "gbdt_<task>" trains the LightGBM baseline (pipeline.training.gbdt). Model selection uses the valid split only; the test split is never read here.
 
 Multi-GPU / multi-process (DDP): every rank runs the same command and takes its share of each global batch:
 
@@ -39,7 +39,7 @@ def model_plan(cfg: Config, name: str) -> tuple[str, tuple[str, ...], ModelConfi
         return cfg.model.name, cfg.model.tasks, cfg.model, cfg.train.weighting
     task = name.removeprefix("baseline_")
     if not name.startswith("baseline_") or task not in cfg.model.tasks:
-        raise ConfigError(f"model name must be '{MTL_MODEL}' or baseline_<task> for a task in model.tasks "
+        raise ConfigError(f"model name must be '{MTL_MODEL}', baseline_<task> or gbdt_<task> for a task in model.tasks "
                           f"{cfg.model.tasks}, got '{name}'")
     return "single_task", (task,), dataclasses.replace(cfg.model, name="single_task", tasks=(task,)), "fixed"
 
@@ -69,6 +69,10 @@ def _distributed(device: Any) -> tuple[int, int]:
 
 def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = False) -> dict[str, Any]:
     """Train one model of run `run_id` -> {"run_id", "name", "model_dir", "best_epoch", "valid"}."""
+    if name.startswith("gbdt_") and name.removeprefix("gbdt_") in cfg.model.tasks:
+        from pipeline.training.gbdt import train_gbdt
+
+        return train_gbdt(cfg, run_id, name.removeprefix("gbdt_"))
     import torch
 
     from pipeline import models

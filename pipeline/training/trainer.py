@@ -209,19 +209,26 @@ def evaluate_split(model: Any, data: TensorData, device: torch.device) -> dict[s
     """Valid-split AUC per output task (on its sample space) and masked loss per loss task."""
     logits = predict_logits(model, data, device)
     losses = masked_bce(logits, data.labels, data.mask, model.loss_tasks, data.tasks)
-    aucs = {}
+    aucs, positives = {}, {}
     for t in model.tasks:
         j, m = data.tasks.index(t), data.mask[:, data.tasks.index(t)] > 0
         aucs[t] = auc(data.labels[m, j].numpy(), logits[t][m].numpy())
-    return {"auc": aucs, "loss": dict(zip(model.loss_tasks, losses.tolist()))}
+        positives[t] = float(data.labels[m, j].sum())
+    return {"auc": aucs, "loss": dict(zip(model.loss_tasks, losses.tolist())), "positives": positives}
 
 
 def stop_metric(result: dict[str, Any], metric: str) -> float:
-    """`mean_auc` over the tasks with a defined AUC, or `auc:<task>`; minus the mean loss when no AUC is defined."""
+    """`mean_auc` over the tasks with a defined AUC, `weighted_auc` (the same mean, each task weighted by the square
+    root of its valid positives: an AUC's noise shrinks as 1/sqrt(positives), so a task with 50 positives cannot
+    stop the training of one with 5000), or `auc:<task>`; minus the mean loss when no AUC is defined."""
     aucs = result["auc"]
-    vals = [aucs[metric[4:]]] if metric.startswith("auc:") and metric[4:] in aucs else list(aucs.values())
-    vals = [v for v in vals if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else -float(np.mean(list(result["loss"].values())))
+    names = [metric[4:]] if metric.startswith("auc:") and metric[4:] in aucs else list(aucs)
+    names = [t for t in names if not math.isnan(aucs[t])]
+    if not names:
+        return -float(np.mean(list(result["loss"].values())))
+    pos = result.get("positives") or {}
+    w = [math.sqrt(pos.get(t, 1.0)) if metric == "weighted_auc" else 1.0 for t in names]
+    return float(np.average([aucs[t] for t in names], weights=w)) if sum(w) > 0 else float(np.mean([aucs[t] for t in names]))
 
 
 def save_checkpoint(path: Path, s: Setup, epoch: int, bad: int, tag: str) -> None:

@@ -52,7 +52,7 @@ def test_schedule_retries_and_structure():
     assert "02:00 UTC" in dag.doc_md
     tasks = {t.task_id: t for t in dag.tasks}
     assert set(tasks) >= {"check_config", "take_lock", "wait_for_landing", "ingest", "validate", "features",
-                          "train_mtl", "train_baseline", "evaluate", "register", "release_lock"}
+                          "train_mtl", "train_baseline", "train_gbdt", "evaluate", "register", "release_lock"}
     for t in tasks.values():
         assert t.doc_md, f"{t.task_id} has no doc_md"
     # Data and config errors are not retried; transient stages back off exponentially.
@@ -61,12 +61,14 @@ def test_schedule_retries_and_structure():
         assert tasks[name].retries >= 2 and tasks[name].retry_exponential_backoff > 1, name
         assert tasks[name].on_failure_callback
     assert tasks["train_mtl"].pool == "gpu" and tasks["train_baseline"].pool == "gpu"
+    assert tasks["train_gbdt"].pool != "gpu"  # LightGBM runs on the CPU: it must not queue behind the GPU models
     assert tasks["wait_for_landing"].mode == "reschedule"
     assert dt.timedelta(seconds=tasks["wait_for_landing"].timeout) <= dt.timedelta(hours=12)
     assert [o.name for o in tasks["validate"].outlets] == ["mtl_lake_impressions"]
     assert tasks["release_lock"].is_teardown
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
+    assert isinstance(tasks["train_gbdt"], MappedOperator)
     assert isinstance(tasks["train_baseline"], MappedOperator) and not isinstance(tasks["train_mtl"], MappedOperator)
 
 

@@ -49,6 +49,7 @@ def test_dag_run_ends_with_a_champion_that_loads_and_scores(airflow_db, tiny_lan
     assert str(dr.state) == "success", states
     assert {s for s in states.values()} == {"success"}, states
     assert sum(k.startswith("train_baseline[") for k in states) == 4
+    assert sum(k.startswith("train_gbdt[") for k in states) == 4
     assert not list((tmp_home / "locks").glob("*.lock")), "the run lock was not released"
     events = _asset_events("mtl_lake_impressions")
     assert events and LAST_DATE in events[-1]["published"], events

@@ -1,7 +1,8 @@
 """DDP through torchrun on CPU (gloo, 2 processes): ranks share each global batch and end with the same
 weights as one process training on the whole batches (checked where the two are mathematically equal:
-all-impression tasks, no dropout, equal halves). Under DDP the id table has dense gradients
-(`train.embedding_grad=auto`, for NCCL), so the one-process reference trains it densely too."""
+all-impression tasks, no dropout or id dropout (random masks differ by rank), equal halves). Under DDP the id
+table has dense gradients (`train.embedding_grad=auto`, for NCCL), so the one-process reference trains it densely
+too."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pipeline.config import load_config
 from pipeline.training.train import train_model
 
 REPO = Path(__file__).resolve().parents[2]
-DDP = SMALL + ["train.epochs=2", "train.batch_size=200", "model.tasks=[ctr,cart]", "model.dropout=0.0",
+DDP = SMALL + ["train.epochs=2", "train.batch_size=200", "model.tasks=[ctr,cart]", "model.dropout=0.0", "model.id_dropout=0.0",
                "train.patience=2"]
 
 

@@ -33,9 +33,11 @@ def evaluated(tmp_path_factory, trained_home, fast_overrides_session):
 def test_report_covers_mtl_and_each_baseline(evaluated):
     report = evaluated[2]
     assert report["tasks"] == ["ctr", "cart", "ctcvr", "cvr"]
-    assert set(report["models"]) == {"mtl"} | {f"baseline_{t}" for t in report["tasks"]}
+    assert set(report["models"]) == ({"mtl"} | {f"baseline_{t}" for t in report["tasks"]}
+                                     | {f"gbdt_{t}" for t in report["tasks"]})
     for t in report["tasks"]:
         assert list(report["models"][f"baseline_{t}"]) == [t]
+        assert list(report["models"][f"gbdt_{t}"]) == [t]
         assert set(report["models"]["mtl"][t]["by_surface"]) == set(SURFACES)
     assert report["comparison"]["champion"] is None  # nothing registered in this home
     assert set(report["gate"]) == {"passed", "reasons"}
@@ -107,3 +109,24 @@ def test_missing_model_is_a_named_error(evaluated, tmp_path):
     with pytest.raises(MTLError, match="no trained MTL model"):
         evaluate(cfg, "no-model")
     assert (broken / "evaluation.json").read_bytes() == before  # the earlier report is kept whole
+
+
+def test_gbdt_baseline_goes_through_evaluation_and_plots(evaluated, tmp_path):
+    """The LightGBM baselines are scored on the same rows and sample spaces, saved, and drawn."""
+    from pipeline.evaluation.plots import make_plots
+    from pipeline.training.gbdt import predict_gbdt
+
+    _, run_dir, report = evaluated
+    test = pl.read_parquet(run_dir / "features" / "test.parquet")
+    for task in report["tasks"]:
+        name = f"gbdt_{task}"
+        saved = pl.read_parquet(run_dir / report["predictions"][name])
+        assert saved["event_id"].to_list() == test["event_id"].to_list() and f"p_{task}" in saved.columns
+        p = predict_gbdt(run_dir / "models" / name, test)[task]
+        np.testing.assert_allclose(saved[f"p_{task}"].to_numpy(), p)
+        given = TASKS[task].given
+        m = np.ones(test.height, bool) if given is None else test[given].to_numpy() == 1
+        ref = metrics.auc(test[TASKS[task].label].to_numpy()[m], p[m])
+        assert report["models"][name][task]["overall"]["auc"] == pytest.approx(ref, abs=1e-12)
+    out = make_plots(run_dir, report, tmp_path / "plots")
+    assert {"roc.png", "calibration.png", "auc_bars.png"} <= {p.name for p in out.iterdir()}

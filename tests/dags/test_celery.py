@@ -101,7 +101,7 @@ def celery_cluster(tiny_landing):
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(api_port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "mtl-celery-test-" + "c" * 40,
+        "AIRFLOW__API_AUTH__JWT_SECRET": "mtl-tests-celery-" + "c" * 40,
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         # Both workers share this host: each reports its own name on the task instances it runs.

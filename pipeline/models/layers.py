@@ -65,7 +65,10 @@ class FeatureInput(nn.Module):
                 self.last_rows.append(table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1))
         parts = [r.flatten(1) for r in self.last_rows] + [batch["num"]]
         if self.n_text:
-            parts.append(self.text_proj(self.text_table[batch["text"]]).flatten(1))  # [B, X*P]
+            # A serving batch may bring a longer table (the model's rows, then texts embedded at scoring time).
+            table = batch.get("text_table")
+            table = self.text_table if table is None else table
+            parts.append(self.text_proj(table[batch["text"]]).flatten(1))  # [B, X*P]
         return torch.cat(parts, 1)
 
 

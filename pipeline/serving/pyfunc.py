@@ -42,6 +42,34 @@ ITEM_COLS = tuple(n for n in schema.ITEMS.names if n != "item_id")
 WHERE = "scoring request"
 
 
+def declared_extras(meta: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(categorical, numeric) input columns the feature state declares beyond the contract (e.g. Hillstrom's
+    `recency`): a scoring request must carry them, since no contract table holds them."""
+    contract = set(schema.IMPRESSIONS.names) | set(schema.USERS.names) | set(schema.ITEMS.names)
+    cats = [c for c in meta["categorical"] if c != "hour" and c not in contract]
+    nums = [c for c in meta["numeric_inputs"] if c not in contract]
+    return cats, nums
+
+
+def serving_info(cfg, tasks: list[str], **lineage: Any) -> dict[str, Any]:
+    """serving.json: tasks, fused-score exponents and formula, where history and new texts come from
+    (`serving.history_from`, `serving.text_cache`, both resolved to absolute paths), and `lineage`."""
+    from pipeline.serving.fused import effective_exponents, formula
+
+    exps = effective_exponents(cfg.serving.score_exponents, tasks)
+    return {"tasks": list(tasks), "exponents": exps, "formula": formula(exps),
+            "history_from": str(Path(cfg.serving.history_from).resolve()) if cfg.serving.history_from else "",
+            "text_cache": text_cache_dir(cfg), **lineage}
+
+
+def text_cache_dir(cfg) -> str:
+    """Folder of the text cache serving uses for texts new to a model: serving.text_cache, else <home>/text_cache
+    (the feature builder's cache, so texts embedded there are not embedded again)."""
+    from pipeline.paths import Layout
+
+    return str(Path(cfg.serving.text_cache).resolve() if cfg.serving.text_cache else Layout.of(cfg.home).text_cache)
+
+
 def build_bundle(run_dir: Path, out: Path, users: Path, items: Path, info: dict[str, Any]) -> Path:
     """Copy what scoring needs from a run folder into `out` (see the module docstring)."""
     run_dir, out = Path(run_dir), Path(out)
@@ -108,13 +136,32 @@ def to_polars(frame: pd.DataFrame) -> pl.DataFrame:
         raise DataValidationError(bad or [RuleFailure(WHERE, "*", "not a table", len(frame))], where=WHERE) from None
 
 
-def check_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    """Contract rules a scoring request must meet; returns the rows cast to contract types."""
+def _check_extras(rows: pl.DataFrame, cats: list[str], nums: list[str]) -> pl.DataFrame:
+    """Declared extra columns: all present (one error naming every missing one); numeric ones numbers."""
+    import polars as pl
+
+    missing = [c for c in [*cats, *nums] if c not in rows.columns]
+    if missing:
+        fails = [RuleFailure(WHERE, c, "declared feature column missing (features.categorical / features.numeric)",
+                             rows.height) for c in missing]
+        raise DataValidationError(fails, where=WHERE)
+    for col in nums:
+        if rows[col].dtype.is_numeric():
+            continue
+        cast = rows[col].cast(pl.String).cast(pl.Float64, strict=False)
+        _fail(col, "must be a number", rows, cast.is_null() & rows[col].is_not_null())
+        rows = rows.with_columns(cast.alias(col))
+    return rows
+
+
+def check_rows(rows: pl.DataFrame, extras: tuple[list[str], list[str]] = ([], [])) -> pl.DataFrame:
+    """Contract rules a scoring request must meet, and the declared extra columns (categorical, numeric) it
+    must carry; returns the rows cast to contract types."""
     import polars as pl
 
     if rows.height == 0:
         raise DataValidationError([RuleFailure(WHERE, "*", "no rows to score", 0)], where=WHERE)
-    rows = _coerce(rows)
+    rows = _check_extras(_coerce(rows), *extras)
     for col in REQUIRED:
         _fail(col, "must not be null", rows, rows[col].is_null())
     _fail("event_id", "must be unique", rows, rows["event_id"].is_duplicated())
@@ -137,13 +184,32 @@ def join_snapshots(rows: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame)
     return rows
 
 
+HISTORY_ENV, TEXT_CACHE_ENV = "MTL_HISTORY_FROM", "MTL_TEXT_CACHE"
+
+
 class MTLModel(PythonModel):
-    """pyfunc wrapper; state comes from the `bundle` artifact, so it needs no training state."""
+    """pyfunc wrapper; state comes from the `bundle` artifact, so it needs no training state.
+
+    Where history and new texts come from: the constructor's `history_from` / `text_cache`, else the
+    environment (`MTL_HISTORY_FROM`, `MTL_TEXT_CACHE`; set, even empty, it wins), else serving.json (the
+    registering config's `serving.history_from` / `serving.text_cache`). An empty history_from = the bundled
+    snapshot; a text cache folder that cannot be created = embed new texts without a disk cache."""
+
+    def __init__(self, history_from: str | None = None, text_cache: str | None = None):
+        self.history_from, self.text_cache = history_from, text_cache
+
+    def _setting(self, given: str | None, env: str, key: str) -> str:
+        import os
+
+        if given is not None:
+            return given
+        return os.environ[env] if env in os.environ else str(self.info.get(key) or "")
 
     def load_context(self, context) -> None:
         import polars as pl
         import torch
 
+        from pipeline.io import read_json
         from pipeline.training.train import load_trained
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
@@ -154,12 +220,22 @@ class MTLModel(PythonModel):
         self.spec = json.loads((self.bundle / "features" / "feature_spec.json").read_text())
         self.users = pl.read_parquet(self.bundle / "snapshots" / "users.parquet")
         self.items = pl.read_parquet(self.bundle / "snapshots" / "items.parquet")
+        self.extras = declared_extras(read_json(self.bundle / "features" / "state" / "meta.json"))
+        self.history_home = self._setting(self.history_from, HISTORY_ENV, "history_from")
+        cache = self._setting(self.text_cache, TEXT_CACHE_ENV, "text_cache")
+        try:
+            if cache:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            cache = ""  # a read-only or missing volume: new texts are still embedded, just not kept on disk
+        self.cache = cache
 
     def score_frame(self, rows: pl.DataFrame) -> pd.DataFrame:
         """Checked raw rows [N] -> pandas with event_id, p_<task> [N], score [N]."""
         import polars as pl
+        import torch
 
-        from pipeline.features.build import transform
+        from pipeline.features.build import serve_features
         from pipeline.features.dataset import from_frame
         from pipeline.training.train import predict
 
@@ -167,7 +243,8 @@ class MTLModel(PythonModel):
         exps = self.info["exponents"]
         if PRICE in exps:
             _fail(PRICE, "unknown item and no price given (the score needs a price)", rows, rows[PRICE].is_null())
-        feats = transform(rows, self.bundle / "features" / "state")
+        feats, texts = serve_features(rows, self.bundle / "features" / "state", self.cache or None,
+                                      self.history_home or None)
         if "event_id" in feats.columns and not feats["event_id"].equals(rows["event_id"]):
             # Answer in request order whatever order the feature code returns (event_id is unique here).
             feats = rows.select("event_id").join(feats, on="event_id", how="left", maintain_order="left")
@@ -175,7 +252,10 @@ class MTLModel(PythonModel):
             if label not in feats.columns:
                 feats = feats.with_columns(pl.lit(0, pl.Int8).alias(label))
         tasks = tuple(self.meta["tasks"])
-        probs = predict(self.model, from_frame(feats, self.spec, tasks, where="scoring request"))
+        data = from_frame(feats, self.spec, tasks, where="scoring request")
+        if texts is not None and data.text is not None:  # stored rows, then texts new to the model
+            data.text_table = torch.from_numpy(texts)
+        probs = predict(self.model, data)
         by_task = {t: probs[:, j] for j, t in enumerate(tasks)}
         price = rows[PRICE].to_numpy() if PRICE in exps else None
         out = {"event_id": rows["event_id"].to_numpy()}
@@ -192,7 +272,7 @@ class MTLModel(PythonModel):
 
         try:
             frame = model_input if isinstance(model_input, pl.DataFrame) else to_polars(model_input)
-            return self.score_frame(check_rows(frame))
+            return self.score_frame(check_rows(frame, self.extras))
         except DataValidationError as exc:
             raise MlflowException(f"bad input rows: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
         except MTLError as exc:  # e.g. FeatureError: a column the feature config declares is missing
@@ -223,32 +303,47 @@ def code_dir(out: Path) -> Path:
     return out / "pipeline"
 
 
+def run_extras(run_dir: Path) -> list[str]:
+    """The declared extra columns of a run's feature state (see `declared_extras`), categorical then numeric."""
+    from pipeline.io import read_json
+
+    cats, nums = declared_extras(read_json(Path(run_dir) / "features" / "state" / "meta.json"))
+    return [*cats, *nums]
+
+
 def input_example(cfg, report: dict[str, Any]) -> pd.DataFrame:
-    """Five raw rows of the run's last day (impressions joined with the snapshots), without labels."""
+    """Five raw rows of the run's last day (impressions joined with the snapshots), without labels: contract
+    columns plus the declared extra columns of the run's features, wherever (impressions, users, items) they
+    live, in their lake types."""
     import polars as pl
 
     from pipeline.paths import Layout
 
     layout = Layout.of(cfg.home)
+    extras = run_extras(layout.run_dir(report["run_id"]))
     files = sorted(layout.impressions_dir(report["date"]).glob("*.parquet"))
     rows = pl.read_parquet(files[0]).head(5).drop([c for c in schema.LABELS], strict=False)
-    rows = join_snapshots(rows, pl.read_parquet(layout.snapshot("users", report["date"])),
-                          pl.read_parquet(layout.snapshot("items", report["date"])))
+    rows = rows.select([c for c in rows.columns if c in schema.IMPRESSIONS.names or c in extras])
+    for table, key, cols in (("users", "user_id", USER_COLS), ("items", "item_id", ITEM_COLS)):
+        snap = pl.read_parquet(layout.snapshot(table, report["date"]))
+        need = [c for c in snap.columns if (c in cols or c in extras) and c not in rows.columns]
+        rows = rows.join(snap.select([key, *need]), on=key, how="left", maintain_order="left")
     return rows.to_pandas()
 
 
-def signature(example: pd.DataFrame, tasks: list[str]):
-    """Input: the example's columns, REQUIRED ones required. Strings are typed; other columns are `any`,
-    because MLflow's own casts refuse tz-aware timestamps, ISO strings and int -> float: `check_rows` casts
-    them to the contract types instead, with errors that name the column and rows."""
+def signature(example: pd.DataFrame, tasks: list[str], extras: list[str] = ()):
+    """Input: the example's columns; REQUIRED ones and the declared `extras` required, labels optional.
+    Strings are typed; other columns are `any`, because MLflow's own casts refuse tz-aware timestamps, ISO
+    strings and int -> float (an integer-valued JSON number sent for a float column): `check_rows` casts them
+    to the contract types instead, with errors that name the column and rows."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
-    cols = []
+    cols, required = [], {*REQUIRED, *extras}
     for name in example.columns:
         is_str = pd.api.types.is_string_dtype(example[name]) and name != "ts"
-        cols.append(ColSpec("string" if is_str else AnyType(), name, required=name in REQUIRED))
+        cols.append(ColSpec("string" if is_str else AnyType(), name, required=name in required))
     for label in schema.LABELS:
         cols.append(ColSpec(AnyType(), label, required=False))
     outputs = [ColSpec("string", "event_id")] + [ColSpec("double", f"p_{t}") for t in tasks]

@@ -64,9 +64,10 @@ def test_a_title_never_in_training_reaches_the_tower_as_its_encoder_vector(text_
 
     from pipeline.evaluation.evaluate import raw_test_rows
     from pipeline.features.text import embed
+    from pipeline.registry import _set_uri
 
     cfg, home = text_run
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    _set_uri(mlflow, f"sqlite:///{home / 'mlflow.db'}")  # leaves os.environ as it was
     pyfunc = mlflow.pyfunc.load_model(MODEL)
     served = pyfunc.unwrap_python_model()
     saved = pl.read_parquet(home / "runs" / DATE / "predictions" / "mtl.parquet").head(6)
@@ -97,7 +98,9 @@ def test_models_serve_embeds_new_titles_with_an_empty_cache(text_run, tiny_landi
     port, log, cache = _free_port(), tmp_path / "serve.log", tmp_path / "empty-cache"
     url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home.resolve() / 'mlflow.db'}",
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    # both URIs: an earlier test may have left MLFLOW_REGISTRY_URI (another home) in the environment
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
            "MTL_TEXT_CACHE": str(cache), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
            "-p", str(port), "-w", "1"]

@@ -44,8 +44,10 @@ def hillstrom(tmp_path_factory, fast_overrides_session):
 def test_signature_and_example_carry_the_declared_extras(hillstrom):
     import mlflow
 
+    from pipeline.registry import _set_uri
+
     home, *_ = hillstrom
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    _set_uri(mlflow, f"sqlite:///{home / 'mlflow.db'}")  # leaves os.environ as it was
     info = mlflow.models.get_model_info(MODEL)
     inputs = {c.name: c for c in info.signature.inputs.inputs}
     for name in EXTRAS:
@@ -87,7 +89,9 @@ def test_models_serve_takes_the_extras_and_names_missing_ones(hillstrom, tmp_pat
     port, log = _free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home.resolve() / 'mlflow.db'}",
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    # both URIs: an earlier test may have left MLFLOW_REGISTRY_URI (another home) in the environment
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
            "-p", str(port), "-w", "1"]
@@ -121,3 +125,17 @@ def test_a_scoring_request_without_a_declared_column_is_a_named_error(hillstrom)
     rows = read_landing_day(landing, dates[-2]).head(5).drop("history").to_pandas()
     with pytest.raises(DataValidationError, match="history"):
         predict_isolated(cfg, MODEL, rows)
+
+
+def test_the_next_nights_champion_rescore_works_for_such_a_model(hillstrom):
+    """Version 1 as champion (moved by hand), then the next day's run: evaluation re-scores it on the new test
+    rows, extras and all (last in this file: it adds a version to the shared home)."""
+    from pipeline import cli
+
+    home, landing, dates, sets = hillstrom
+    assert cli.main(["promote", "--version", "1", "--why", "test: champion re-score", "--home", str(home), *sets]) == 0
+    assert cli.main(["run", "--landing", str(landing), "--date", dates[-2], "--home", str(home), *sets]) == 0
+    report = json.loads((home / "runs" / dates[-2] / "evaluation.json").read_text())
+    assert "champion" in report["models"], report["comparison"]
+    champion = pl.read_parquet(home / "runs" / dates[-2] / report["predictions"]["champion"])
+    assert champion.height == report["test"]["rows"] and champion["p_ctr"].null_count() == 0

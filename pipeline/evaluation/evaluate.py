@@ -73,14 +73,8 @@ def served_mtl(cfg: Config, run_dir: Path, raw: pl.DataFrame, date: str) -> dict
     import torch
 
     from pipeline.io import read_json
-    from pipeline.serving.pyfunc import (
-        MTLModel,
-        build_bundle,
-        check_rows,
-        serving_info,
-        text_cache_dir,
-        to_polars,
-    )
+    from pipeline.serving.pyfunc import MTLModel, build_bundle, serving_info, text_cache_dir
+    from pipeline.serving.request import check_rows, to_polars
 
     model_dir = run_dir / MODELS_DIR / MTL_MODEL
     if not (model_dir / "meta.json").is_file():

@@ -205,7 +205,10 @@ def _add_model_commands(sub, common) -> None:
     _stage_args(p, landing=False)
     p.add_argument("--brief", action="store_true", help="a few human lines instead of JSON")
     p.set_defaults(func=cmd_show)
-    p = sub.add_parser("score", parents=[common], help="batch-score a landing day with a registered model")
+    p = sub.add_parser("score", parents=[common], help="batch-score a landing day with a registered model",
+                       description="Score a landing day with a registered model, as `mlflow models serve` would: "
+                       "history from the lake of --set serving.history_from=HOME (default: the model's bundled "
+                       "snapshot), new titles/queries embedded and cached under serving.text_cache.")
     p.add_argument("--model", required=True, metavar="URI", help="e.g. models:/ecommerce-mtl@champion")
     p.add_argument("--landing", required=True, metavar="DIR")
     p.add_argument("--date", required=True, metavar="YYYY-MM-DD")

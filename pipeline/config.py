@@ -182,6 +182,11 @@ class ServingConfig:
     """Fused ranking score = p_ctr^a * p_cvr^b * price^c (exponents per name; absent = 0)."""
 
     score_exponents: tuple[tuple[str, float], ...] = (("ctr", 1.0), ("cvr", 1.0), ("price", 0.0))
+    # A home whose lake holds published days: serving computes history features from its newest days
+    # ("" = the history snapshot bundled with the model).
+    history_from: str = ""
+    # Where serving caches the encoder vectors of texts not in the model's table ("" = <home>/text_cache).
+    text_cache: str = ""
 
 
 @dataclass(frozen=True)
@@ -384,6 +389,10 @@ def validate_config(cfg: Config) -> None:
     _check(cfg.registry.connect_retries >= 1 and cfg.registry.retry_wait_s >= 0,
            "registry.connect_retries must be >= 1 and registry.retry_wait_s >= 0")
     _check(cfg.gate.bootstrap >= 0, "gate.bootstrap must be >= 0")
+    hist = cfg.serving.history_from
+    _check(not hist or Path(hist).is_dir(), f"serving.history_from: {hist!r} is not a folder (a home with a lake)")
+    _check(not cfg.serving.text_cache or not Path(cfg.serving.text_cache).is_file(),
+           f"serving.text_cache: {cfg.serving.text_cache!r} is a file, not a folder")
     _validate_text(cfg.text)
     _validate_gbdt(cfg.gbdt)
 

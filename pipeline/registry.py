@@ -114,9 +114,12 @@ out.to_parquet(dst, index=False)
 """
 
 
-def predict_isolated(cfg: Config, model_uri: str, rows: pd.DataFrame, timeout_s: float = 3600) -> pd.DataFrame:
+def predict_isolated(cfg: Config, model_uri: str, rows: pd.DataFrame, timeout_s: float = 3600,
+                     history_from: str | os.PathLike | None = None) -> pd.DataFrame:
     """Score raw rows with a registered model (e.g. `models:/ecommerce-mtl@champion`) in a subprocess.
 
+    The model reads history from the lake of `history_from` (a home; default `serving.history_from`, "" = the
+    snapshot it bundles) and caches new texts under `cfg`'s text cache (`pipeline.serving.pyfunc.text_cache_dir`).
     Raises RegistryError when the model cannot be found or loaded, DataValidationError when it refuses the rows.
     """
     import json
@@ -127,13 +130,16 @@ def predict_isolated(cfg: Config, model_uri: str, rows: pd.DataFrame, timeout_s:
     import pandas as pd
 
     from pipeline.errors import DataValidationError, RuleFailure
+    from pipeline.serving.pyfunc import HISTORY_ENV, TEXT_CACHE_ENV, text_cache_dir
 
     connect(cfg)  # fails fast, naming the URI, when the tracking server is down
     uri = tracking_uri(cfg)
     with tempfile.TemporaryDirectory(prefix="mtl-score-") as tmp:
         src, dst = Path(tmp) / "rows.parquet", Path(tmp) / "out.parquet"
         rows.to_parquet(src, index=False)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        hist = cfg.serving.history_from if history_from is None else history_from
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, TEXT_CACHE_ENV: text_cache_dir(cfg),
+               HISTORY_ENV: str(Path(hist).resolve()) if hist else ""}
         try:
             proc = subprocess.run([sys.executable, "-c", _RUNNER, uri, model_uri, str(src), str(dst)], env=env,
                                   cwd=tmp, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -150,13 +156,15 @@ def predict_isolated(cfg: Config, model_uri: str, rows: pd.DataFrame, timeout_s:
 
 
 def champion_predictions(cfg: Config, raw) -> tuple[dict[str, Any], Any] | None:
-    """Re-score raw contract rows (pandas) with the current champion: (info, frame with p_<task>) or None."""
+    """Re-score raw contract rows (pandas) with the current champion: (info, frame with p_<task>) or None.
+    History comes from this home's lake, as for the challenger it is compared with."""
     client = connect(cfg)
     mv = alias_version(client, cfg.registry.model_name, CHAMPION)
     if mv is None:
         return None
     info = {"version": int(mv.version), "run_id": mv.tags.get("run_id"), "data_date": mv.tags.get("data_date")}
-    return info, predict_isolated(cfg, f"models:/{cfg.registry.model_name}/{mv.version}", raw)
+    return info, predict_isolated(cfg, f"models:/{cfg.registry.model_name}/{mv.version}", raw,
+                                  history_from=cfg.home)
 
 
 def _experiment_id(client, cfg: Config) -> str:
@@ -232,17 +240,17 @@ def log_version(cfg: Config, client, run_dir: Path, report: dict, tags: dict, me
             model_info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(serving.entry_file(tmp / "entry")), artifacts={"bundle": str(bundle)},
                 code_paths=[str(serving.code_dir(tmp / "code"))],
-                pip_requirements=serving.requirements(cfg), signature=serving.signature(example, report["tasks"]),
+                pip_requirements=serving.requirements(cfg),
+                signature=serving.signature(example, report["tasks"], serving.run_extras(run_dir)),
                 input_example=example, registered_model_name=cfg.registry.model_name)
         return run.info.run_id, str(model_info.registered_model_version)
 
 
 def _bundle_info(cfg: Config, report: dict, tags: dict) -> dict[str, Any]:
-    from pipeline.serving.fused import effective_exponents, formula
+    from pipeline.serving.pyfunc import serving_info
 
-    exps = effective_exponents(cfg.serving.score_exponents, report["tasks"])
-    return {"tasks": report["tasks"], "exponents": exps, "formula": formula(exps),
-            "run_id": tags["run_id"], "data_date": report["date"], "config_hash": tags["config_hash"]}
+    return serving_info(cfg, report["tasks"], run_id=tags["run_id"], data_date=report["date"],
+                        config_hash=tags["config_hash"])
 
 
 def _move(cfg: Config, version: int | str, who: str | None, why: str, kind: str) -> dict[str, Any]:

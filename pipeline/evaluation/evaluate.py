@@ -4,8 +4,9 @@
 
 Each task is scored on its sample space (cvr: clicked rows). Metrics per model and task, overall and per surface:
 AUC, logloss, GAUC by user and by request, NDCG@10 by the task probability and by the fused score, calibration.
-The champion is re-scored through its registered pyfunc on this run's raw test rows, so the comparison is on
-the same window. Predictions go to runs/<run_id>/predictions/<name>.parquet. Undefined metrics are null.
+The run's MTL model is scored exactly as it will be served (`served_mtl`: its pyfunc over the bundle built from
+the run folder, on raw test rows), and the champion is re-scored through its registered pyfunc on the same raw
+rows with the same history (this home's lake), so the comparison is on the same window and footing. Predictions go to runs/<run_id>/predictions/<name>.parquet. Undefined metrics are null.
 """
 
 from __future__ import annotations
@@ -52,19 +53,17 @@ def group_codes(frame: pl.DataFrame, column: str) -> np.ndarray:
 
 
 def predict_models(run_dir: Path, test: pl.DataFrame, spec: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """Probabilities of the run's MTL model and each baseline present (DNN `baseline_<task>`, LightGBM
-    `gbdt_<task>`): name -> task -> float [N]."""
+    """Probabilities of each baseline present (DNN `baseline_<task>`, LightGBM `gbdt_<task>`), from the test
+    feature file: name -> task -> float [N]. (The MTL model is scored as served: `served_mtl`.)"""
     from pipeline.features.dataset import from_frame
     from pipeline.training.gbdt import predict_gbdt
     from pipeline.training.train import load_trained, predict
 
     out: dict[str, dict[str, np.ndarray]] = {}
-    names = [MTL_MODEL] + [baseline_name(t) for t in TASKS]
+    names = [baseline_name(t) for t in TASKS]
     for name in names:
         model_dir = run_dir / MODELS_DIR / name
         if not (model_dir / "meta.json").is_file():
-            if name == MTL_MODEL:
-                raise FeatureError(f"no trained MTL model in {model_dir} (run the train stage first)")
             continue
         model, meta = load_trained(model_dir)
         tasks = tuple(meta["tasks"])
@@ -74,6 +73,38 @@ def predict_models(run_dir: Path, test: pl.DataFrame, spec: dict[str, Any]) -> d
         if (run_dir / MODELS_DIR / name / "meta.json").is_file():
             out[name] = predict_gbdt(run_dir / MODELS_DIR / name, test)
     return out
+
+
+def served_mtl(cfg: Config, run_dir: Path, raw: pl.DataFrame, date: str) -> dict[str, np.ndarray]:
+    """The run's MTL model on raw test rows, scored the way it will be served: the pyfunc's own code over the
+    bundle built from this run folder (as registration builds it), history from this home's lake, new texts
+    embedded with its encoder: task -> float [N] in the order of `raw`. Offline = online by construction."""
+    import tempfile
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.io import read_json
+    from pipeline.serving.pyfunc import MTLModel, build_bundle, serving_info, text_cache_dir
+    from pipeline.serving.request import check_rows, to_polars
+
+    model_dir = run_dir / MODELS_DIR / MTL_MODEL
+    if not (model_dir / "meta.json").is_file():
+        raise FeatureError(f"no trained MTL model in {model_dir} (run the train stage first)")
+    layout, threads = Layout.of(cfg.home), torch.get_num_threads()
+    tasks = read_json(model_dir / "meta.json")["tasks"]
+    with tempfile.TemporaryDirectory(prefix="mtl-eval-bundle-") as tmp:
+        bundle = build_bundle(run_dir, Path(tmp) / "bundle", layout.snapshot("users", date),
+                              layout.snapshot("items", date), serving_info(cfg, tasks, run_id=run_dir.name,
+                                                                           data_date=date))
+        model = MTLModel(history_from=str(layout.home), text_cache=text_cache_dir(cfg))
+        try:
+            model.load_context(SimpleNamespace(artifacts={"bundle": str(bundle)}))
+            # through pandas, as a request reaches the pyfunc
+            out = model.score_frame(check_rows(to_polars(raw.to_pandas()), model.extras))
+        finally:
+            torch.set_num_threads(threads)  # the pyfunc sets its own thread count
+    return {t: out[f"p_{t}"].to_numpy().astype(np.float64) for t in tasks}
 
 
 def raw_test_rows(cfg: Config, dates: list[str], test: pl.DataFrame) -> pl.DataFrame:
@@ -191,8 +222,8 @@ def evaluate(cfg: Config, run_id: str) -> dict[str, Any]:
     if test.height == 0:
         raise FeatureError(f"{test_path} has no rows: nothing to evaluate")
     dates = [str(d) for d in spec["splits"]["test"]["dates"]]
-    preds = predict_models(run_dir, test, spec)
     raw = raw_test_rows(cfg, dates, test)
+    preds = {MTL_MODEL: served_mtl(cfg, run_dir, raw, dates[-1]), **predict_models(run_dir, test, spec)}
     champ = champion_probs(cfg, raw)
     tasks = list(preds[MTL_MODEL])
     price = raw[PRICE].to_numpy() if PRICE in raw.columns else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,51 @@ def _load_state(path: str, mtime_ns: int) -> FeatureState:
     return FeatureState.load(path)
 
 
+_SERVE_LOCK = threading.Lock()
+_MAX_NEW_TEXTS = 100_000  # texts embedded at serving kept in memory; past this the table restarts from the stored rows
+
+
+def serve_features(raw: pl.DataFrame, state_dir: str | Path, text_cache: str | Path | None = None,
+                   history_from: str | Path | None = None) -> tuple[pl.DataFrame, np.ndarray | None]:
+    """What a served model computes: (feature columns, text table float32 [n, dim] or None).
+
+    Like `transform`, but a title or query missing from the stored table is embedded with the state's encoder
+    (batched; cached by text hash under `text_cache/<encoder key>/`, None = no disk cache) and gets a row after
+    the stored ones, so the text tower sees its vector: feed the returned table with the indices (rows
+    0..stored-1 are the stored table, what the trained model holds). History comes from the lake of
+    `history_from` where it has the window days, else from the stored snapshot
+    (`pipeline.features.fresh.history_for_day`). Loaded state, new texts and per-day history are kept between
+    calls."""
+    from pipeline.features.fresh import history_for_day
+
+    path = Path(state_dir).resolve()
+    meta = path / "meta.json"
+    state = _serving_state(str(path), meta.stat().st_mtime_ns if meta.is_file() else 0,
+                           str(text_cache) if text_cache else "")
+    home = str(Path(history_from).resolve()) if history_from else None
+    with _SERVE_LOCK:  # the shared text table grows here; requests are served one feature build at a time
+        if state.text is not None and len(state.text.vecs) - state.text.stored > _MAX_NEW_TEXTS:
+            state.text = _load_state(str(path), meta.stat().st_mtime_ns).text.copy()
+        if state.history is not None:
+            state.history_for = functools.partial(history_for_day, state.history, home)
+        out = _transform(raw, state, extend_text=True)
+        return out, (state.text.vecs if state.text is not None else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _serving_state(path: str, mtime_ns: int, text_cache: str) -> FeatureState:
+    """A serving copy of the stored state: its own growing text table, a text cache, per-day history cache."""
+    from pipeline.features.text import encoder_key
+
+    state = _load_state(path, mtime_ns)
+    state = dataclasses.replace(state, text=state.text.copy() if state.text else None)
+    if state.text is not None and text_cache:
+        state.cache_dir = Path(text_cache) / encoder_key(state.text_cfg)
+    if state.history is not None:
+        state.history = dataclasses.replace(state.history, day_cache={})
+    return state
+
+
 def _transform(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) -> pl.DataFrame:
     return _finalize(_derive(raw, state, extend_text), state)
 
@@ -85,7 +131,7 @@ def _derive(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) ->
         pl.col("price").cast(pl.Float64),
     ).join(state.category_price, on="category", how="left", maintain_order="left")
     if state.history is not None:
-        base = add_history(base, state.history)
+        base = _with_history(base, state)
     groups = meta.get("groups") or {}  # states written before the groups existed have none
     base = context.add_context(base, groups)
     cols = [pl.col(c) for c in PASSTHROUGH if c in base.columns]
@@ -103,6 +149,18 @@ def _derive(raw: pl.DataFrame, state: FeatureState, extend_text: bool = True) ->
     if state.text is not None:
         out = _add_text(out, base.select("title", "query"), state, extend_text)
     return out
+
+
+def _with_history(base: pl.DataFrame, state: FeatureState) -> pl.DataFrame:
+    """add_history with the stored tables, or per row day with `state.history_for(day)` (serving)."""
+    if state.history_for is None:
+        return add_history(base, state.history)
+    days = base["dt"].unique().sort().to_list()
+    if len(days) <= 1:
+        return add_history(base, state.history_for(days[0]) if days else state.history)
+    base = base.with_row_index("_hrow")
+    parts = [add_history(base.filter(pl.col("dt") == d), state.history_for(d)) for d in days]
+    return pl.concat(parts, how="vertical").sort("_hrow").drop("_hrow")
 
 
 def _utc(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:

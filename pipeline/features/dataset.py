@@ -64,20 +64,27 @@ class TensorData:
     labels: torch.Tensor
     mask: torch.Tensor
     tasks: tuple[str, ...]
+    # Serving: a text table float32 [n, dim] that `text` indexes instead of the model's own (its first rows are
+    # the model's table, then texts embedded at scoring time). Not per row: slicing keeps it whole.
+    text_table: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.cat.shape[0])
 
     def _map(self, fn) -> TensorData:
         text = None if self.text is None else fn(self.text)
-        return TensorData(fn(self.cat), fn(self.num), text, fn(self.labels), fn(self.mask), self.tasks)
+        return TensorData(fn(self.cat), fn(self.num), text, fn(self.labels), fn(self.mask), self.tasks,
+                          self.text_table)
 
     def nbytes(self) -> int:
         tensors = [self.cat, self.num, self.labels, self.mask] + ([self.text] if self.text is not None else [])
         return sum(t.element_size() * t.numel() for t in tensors)
 
     def to(self, device: Any) -> TensorData:
-        return self._map(lambda t: t.to(device, non_blocking=True))
+        out = self._map(lambda t: t.to(device, non_blocking=True))
+        if out.text_table is not None:
+            out.text_table = out.text_table.to(device)
+        return out
 
     def pin_memory(self) -> TensorData:
         return self._map(lambda t: t.pin_memory())
@@ -94,6 +101,8 @@ class TensorData:
         out = {"cat": self.cat, "num": self.num}
         if self.text is not None:
             out["text"] = self.text
+            if self.text_table is not None:
+                out["text_table"] = self.text_table
         return out
 
 

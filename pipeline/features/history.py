@@ -16,7 +16,7 @@ log price of the user's purchases in the longest window; 0 without past purchase
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -45,6 +45,9 @@ class History:
     first_seen: pl.DataFrame
     windows: tuple[int, ...]
     smoothing: float
+    # Serving sets this to a dict: the per-key window aggregates of a day are then computed once per day and
+    # reused by later requests (training aggregates each day once anyway, so it leaves it off).
+    day_cache: dict | None = field(default=None, compare=False, repr=False)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -120,13 +123,27 @@ def _kind_features(hist: History, kind: str, day: dt.date, priors: dict[int, dic
     return agg.select(*cols, *feats, *extra)
 
 
+def _day_tables(hist: History, day: dt.date) -> tuple[dict, dict[str, pl.DataFrame]]:
+    """(priors per window, per-key feature table per kind) of `day`, from `hist.day_cache` when it holds them."""
+    cache = hist.day_cache
+    if cache is not None and day in cache:
+        return cache[day]
+    priors = {w: _priors(hist, day, w) for w in hist.windows}
+    out = priors, {kind: _kind_features(hist, kind, day, priors) for kind in KEYS}
+    if cache is not None:
+        if len(cache) >= 8:  # a few request days at a time; the oldest goes first
+            cache.pop(next(iter(cache)))
+        cache[day] = out
+    return out
+
+
 def _day_features(part: pl.DataFrame, hist: History, day: dt.date) -> pl.DataFrame:
     """History columns (float32) for the rows of one scoring day; keys absent from the window get zero
     counts and the prior as rate."""
-    priors = {w: _priors(hist, day, w) for w in hist.windows}
+    priors, kinds = _day_tables(hist, day)
     fills = {}
     for kind, cols in KEYS.items():
-        part = part.join(_kind_features(hist, kind, day, priors), on=list(cols), how="left")
+        part = part.join(kinds[kind], on=list(cols), how="left")
         for w in hist.windows:
             p = f"hist_{kind}_{w}d_"
             fills.update({p + COUNT_NAMES[c]: 0.0 for c in _SUMS})

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ class FeatureState:
     text: TextTable | None = None
     cache_dir: Path | None = None  # text cache for texts not in the table; None = embed without caching
     folder: Path | None = None  # where it was loaded from (its encoder/ lives there)
+    # Serving only: day -> the History to compute that day's rows with (pipeline.features.fresh); None = `history`.
+    history_for: Callable[[dt.date], History] | None = None
 
     @property
     def text_cfg(self) -> TextConfig | None:

@@ -81,7 +81,14 @@ class FeatureInput(nn.Module):
                 self.last_rows.append(table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1))
         parts = [r.flatten(1) for r in self.last_rows] + [batch["num"]]
         if self.n_text:
-            vecs = self.text_table[batch["text"]] if self.text_encoder is None else self.text_encoder(batch["text"])
+            if self.text_encoder is None:
+                # A serving batch may bring a longer table (the model's rows, then texts embedded at scoring time).
+                table = batch.get("text_table")
+                table = self.text_table if table is None else table
+                vecs = table[batch["text"]]
+            else:  # joint: rows past its token table (texts new at serving) get the zero row, as before
+                idx = batch["text"]
+                vecs = self.text_encoder(torch.where(idx < self.text_encoder.tokens.shape[1], idx, 0))
             parts.append(self.text_proj(vecs).flatten(1))  # [B, X*P]
         return torch.cat(parts, 1)
 

@@ -26,20 +26,42 @@ import pandas as pd  # loaded by mlflow anyway; needed at runtime for predict's 
 from mlflow.pyfunc import PythonModel
 
 from pipeline.data import schema
-from pipeline.errors import DataValidationError, MTLError, RuleFailure
+from pipeline.errors import DataValidationError, MTLError
 from pipeline.serving.fused import PRICE, fused_score
+from pipeline.serving.request import (
+    ITEM_COLS,
+    REQUIRED,
+    USER_COLS,
+    check_rows,
+    declared_extras,
+    fail_rows,
+    join_snapshots,
+    to_polars,
+)
 
 if TYPE_CHECKING:
     import polars as pl
 
 SERVING_FILE = "serving.json"
-# Impression columns a scoring request must carry (labels are what we predict, so they are optional).
-REQUIRED = ("event_id", "request_id", "ts", "user_id", "item_id", "surface", "position")
-USER_COLS = tuple(n for n in schema.USERS.names if n != "user_id")
-ITEM_COLS = tuple(n for n in schema.ITEMS.names if n != "item_id")
 
 
-WHERE = "scoring request"
+def serving_info(cfg, tasks: list[str], **lineage: Any) -> dict[str, Any]:
+    """serving.json: tasks, fused-score exponents and formula, where history and new texts come from
+    (`serving.history_from`, `serving.text_cache`, both resolved to absolute paths), and `lineage`."""
+    from pipeline.serving.fused import effective_exponents, formula
+
+    exps = effective_exponents(cfg.serving.score_exponents, tasks)
+    return {"tasks": list(tasks), "exponents": exps, "formula": formula(exps),
+            "history_from": str(Path(cfg.serving.history_from).resolve()) if cfg.serving.history_from else "",
+            "text_cache": text_cache_dir(cfg), **lineage}
+
+
+def text_cache_dir(cfg) -> str:
+    """Folder of the text cache serving uses for texts new to a model: serving.text_cache, else <home>/text_cache
+    (the feature builder's cache, so texts embedded there are not embedded again)."""
+    from pipeline.paths import Layout
+
+    return str(Path(cfg.serving.text_cache).resolve() if cfg.serving.text_cache else Layout.of(cfg.home).text_cache)
 
 
 def build_bundle(run_dir: Path, out: Path, users: Path, items: Path, info: dict[str, Any]) -> Path:
@@ -55,95 +77,32 @@ def build_bundle(run_dir: Path, out: Path, users: Path, items: Path, info: dict[
     return out
 
 
-def _fail(column: str, rule: str, frame: pl.DataFrame, bad: pl.Series) -> None:
-    """Raise DataValidationError naming the column, the rule and up to 3 offending rows where `bad` holds."""
-    n = int(bad.sum())
-    if n:
-        rows = frame.with_row_index("row").filter(bad).head(3)
-        examples = tuple(f"row {r['row']}: {column}={r.get(column)!r}" for r in rows.to_dicts())
-        raise DataValidationError([RuleFailure(WHERE, column, rule, n, examples)], where=WHERE)
-
-
-def _coerce(rows: pl.DataFrame) -> pl.DataFrame:
-    """Cast contract columns to their types with the contract's own casts (`schema.cast_array`, as ingestion
-    does); a value that does not convert is a DataValidationError naming the column and rows."""
-    import polars as pl
-    import pyarrow as pa
-
-    missing = [c for c in REQUIRED if c not in rows.columns]
-    if missing:
-        fails = [RuleFailure(WHERE, c, f"required column missing (got {rows.columns})", rows.height) for c in missing]
-        raise DataValidationError(fails, where=WHERE)
-    for col, typ in schema.CONTRACT_TYPES.items():
-        if col not in rows.columns:
-            continue
-        arr = rows[col].to_arrow()
-        if arr.type == typ:
-            continue
-        try:
-            cast = schema.cast_array(arr, typ)
-        except (pa.ArrowException, ValueError) as exc:
-            _fail(col, f"not convertible to {typ}", rows, pl.Series(schema.bad_mask(arr, typ)))
-            # arrow refused the column as a whole, not one value (e.g. a list column)
-            raise DataValidationError([RuleFailure(WHERE, col, f"not convertible to {typ}: {exc}", rows.height)],
-                                      where=WHERE) from None
-        rows = rows.with_columns(pl.Series(col, cast))
-    return rows
-
-
-def to_polars(frame: pd.DataFrame) -> pl.DataFrame:
-    """pandas -> polars; a column whose values do not form one type (e.g. 3 and "x") is a DataValidationError."""
-    import polars as pl
-
-    try:
-        return pl.from_pandas(frame)
-    except Exception:  # noqa: BLE001 - find the column(s) to name them in the error
-        bad = []
-        for col in frame.columns:
-            try:
-                pl.from_pandas(frame[[col]])
-            except Exception as exc:  # noqa: BLE001 - arrow raises several types for mixed values
-                bad.append(RuleFailure(WHERE, str(col), f"values of mixed types ({str(exc).splitlines()[0]})",
-                                       len(frame)))
-        raise DataValidationError(bad or [RuleFailure(WHERE, "*", "not a table", len(frame))], where=WHERE) from None
-
-
-def check_rows(rows: pl.DataFrame) -> pl.DataFrame:
-    """Contract rules a scoring request must meet; returns the rows cast to contract types."""
-    import polars as pl
-
-    if rows.height == 0:
-        raise DataValidationError([RuleFailure(WHERE, "*", "no rows to score", 0)], where=WHERE)
-    rows = _coerce(rows)
-    for col in REQUIRED:
-        _fail(col, "must not be null", rows, rows[col].is_null())
-    _fail("event_id", "must be unique", rows, rows["event_id"].is_duplicated())
-    _fail("surface", f"must be one of {schema.SURFACES}", rows, ~rows["surface"].is_in(schema.SURFACES))
-    _fail("position", "must be >= 0", rows, rows["position"] < 0)
-    if PRICE in rows.columns:
-        _fail(PRICE, "must be > 0", rows, rows[PRICE].is_not_null() & (rows[PRICE] <= 0))
-    if "query" not in rows.columns:
-        rows = rows.with_columns(pl.lit(None, pl.String).alias("query"))
-    return rows
-
-
-def join_snapshots(rows: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """Add the user/item columns a request did not send from the bundled snapshots (left join: unknown ids
-    keep nulls and fall to the reserved index in the features)."""
-    for snap, key, cols in ((users, "user_id", USER_COLS), (items, "item_id", ITEM_COLS)):
-        need = [c for c in cols if c not in rows.columns]
-        if need:
-            rows = rows.join(snap.select([key, *need]), on=key, how="left")
-    return rows
+HISTORY_ENV, TEXT_CACHE_ENV = "MTL_HISTORY_FROM", "MTL_TEXT_CACHE"
 
 
 class MTLModel(PythonModel):
-    """pyfunc wrapper; state comes from the `bundle` artifact, so it needs no training state."""
+    """pyfunc wrapper; state comes from the `bundle` artifact, so it needs no training state.
+
+    Where history and new texts come from: the constructor's `history_from` / `text_cache`, else the
+    environment (`MTL_HISTORY_FROM`, `MTL_TEXT_CACHE`; set, even empty, it wins), else serving.json (the
+    registering config's `serving.history_from` / `serving.text_cache`). An empty history_from = the bundled
+    snapshot; a text cache folder that cannot be created = embed new texts without a disk cache."""
+
+    def __init__(self, history_from: str | None = None, text_cache: str | None = None):
+        self.history_from, self.text_cache = history_from, text_cache
+
+    def _setting(self, given: str | None, env: str, key: str) -> str:
+        import os
+
+        if given is not None:
+            return given
+        return os.environ[env] if env in os.environ else str(self.info.get(key) or "")
 
     def load_context(self, context) -> None:
         import polars as pl
         import torch
 
+        from pipeline.io import read_json
         from pipeline.training.train import load_trained
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
@@ -154,20 +113,31 @@ class MTLModel(PythonModel):
         self.spec = json.loads((self.bundle / "features" / "feature_spec.json").read_text())
         self.users = pl.read_parquet(self.bundle / "snapshots" / "users.parquet")
         self.items = pl.read_parquet(self.bundle / "snapshots" / "items.parquet")
+        self.extras = declared_extras(read_json(self.bundle / "features" / "state" / "meta.json"))
+        self.history_home = self._setting(self.history_from, HISTORY_ENV, "history_from")
+        cache = self._setting(self.text_cache, TEXT_CACHE_ENV, "text_cache")
+        try:
+            if cache:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            cache = ""  # a read-only or missing volume: new texts are still embedded, just not kept on disk
+        self.cache = cache
 
     def score_frame(self, rows: pl.DataFrame) -> pd.DataFrame:
         """Checked raw rows [N] -> pandas with event_id, p_<task> [N], score [N]."""
         import polars as pl
+        import torch
 
-        from pipeline.features.build import transform
+        from pipeline.features.build import serve_features
         from pipeline.features.dataset import from_frame
         from pipeline.training.train import predict
 
         rows = join_snapshots(rows, self.users, self.items)
         exps = self.info["exponents"]
         if PRICE in exps:
-            _fail(PRICE, "unknown item and no price given (the score needs a price)", rows, rows[PRICE].is_null())
-        feats = transform(rows, self.bundle / "features" / "state")
+            fail_rows(PRICE, "unknown item and no price given (the score needs a price)", rows, rows[PRICE].is_null())
+        feats, texts = serve_features(rows, self.bundle / "features" / "state", self.cache or None,
+                                      self.history_home or None)
         if "event_id" in feats.columns and not feats["event_id"].equals(rows["event_id"]):
             # Answer in request order whatever order the feature code returns (event_id is unique here).
             feats = rows.select("event_id").join(feats, on="event_id", how="left", maintain_order="left")
@@ -175,7 +145,10 @@ class MTLModel(PythonModel):
             if label not in feats.columns:
                 feats = feats.with_columns(pl.lit(0, pl.Int8).alias(label))
         tasks = tuple(self.meta["tasks"])
-        probs = predict(self.model, from_frame(feats, self.spec, tasks, where="scoring request"))
+        data = from_frame(feats, self.spec, tasks, where="scoring request")
+        if texts is not None and data.text is not None:  # stored rows, then texts new to the model
+            data.text_table = torch.from_numpy(texts)
+        probs = predict(self.model, data)
         by_task = {t: probs[:, j] for j, t in enumerate(tasks)}
         price = rows[PRICE].to_numpy() if PRICE in exps else None
         out = {"event_id": rows["event_id"].to_numpy()}
@@ -192,7 +165,7 @@ class MTLModel(PythonModel):
 
         try:
             frame = model_input if isinstance(model_input, pl.DataFrame) else to_polars(model_input)
-            return self.score_frame(check_rows(frame))
+            return self.score_frame(check_rows(frame, self.extras))
         except DataValidationError as exc:
             raise MlflowException(f"bad input rows: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
         except MTLError as exc:  # e.g. FeatureError: a column the feature config declares is missing
@@ -223,32 +196,47 @@ def code_dir(out: Path) -> Path:
     return out / "pipeline"
 
 
+def run_extras(run_dir: Path) -> list[str]:
+    """The declared extra columns of a run's feature state (see `declared_extras`), categorical then numeric."""
+    from pipeline.io import read_json
+
+    cats, nums = declared_extras(read_json(Path(run_dir) / "features" / "state" / "meta.json"))
+    return [*cats, *nums]
+
+
 def input_example(cfg, report: dict[str, Any]) -> pd.DataFrame:
-    """Five raw rows of the run's last day (impressions joined with the snapshots), without labels."""
+    """Five raw rows of the run's last day (impressions joined with the snapshots), without labels: contract
+    columns plus the declared extra columns of the run's features, wherever (impressions, users, items) they
+    live, in their lake types."""
     import polars as pl
 
     from pipeline.paths import Layout
 
     layout = Layout.of(cfg.home)
+    extras = run_extras(layout.run_dir(report["run_id"]))
     files = sorted(layout.impressions_dir(report["date"]).glob("*.parquet"))
     rows = pl.read_parquet(files[0]).head(5).drop([c for c in schema.LABELS], strict=False)
-    rows = join_snapshots(rows, pl.read_parquet(layout.snapshot("users", report["date"])),
-                          pl.read_parquet(layout.snapshot("items", report["date"])))
+    rows = rows.select([c for c in rows.columns if c in schema.IMPRESSIONS.names or c in extras])
+    for table, key, cols in (("users", "user_id", USER_COLS), ("items", "item_id", ITEM_COLS)):
+        snap = pl.read_parquet(layout.snapshot(table, report["date"]))
+        need = [c for c in snap.columns if (c in cols or c in extras) and c not in rows.columns]
+        rows = rows.join(snap.select([key, *need]), on=key, how="left", maintain_order="left")
     return rows.to_pandas()
 
 
-def signature(example: pd.DataFrame, tasks: list[str]):
-    """Input: the example's columns, REQUIRED ones required. Strings are typed; other columns are `any`,
-    because MLflow's own casts refuse tz-aware timestamps, ISO strings and int -> float: `check_rows` casts
-    them to the contract types instead, with errors that name the column and rows."""
+def signature(example: pd.DataFrame, tasks: list[str], extras: list[str] = ()):
+    """Input: the example's columns; REQUIRED ones and the declared `extras` required, labels optional.
+    Strings are typed; other columns are `any`, because MLflow's own casts refuse tz-aware timestamps, ISO
+    strings and int -> float (an integer-valued JSON number sent for a float column): `check_rows` casts them
+    to the contract types instead, with errors that name the column and rows."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import AnyType
 
-    cols = []
+    cols, required = [], {*REQUIRED, *extras}
     for name in example.columns:
         is_str = pd.api.types.is_string_dtype(example[name]) and name != "ts"
-        cols.append(ColSpec("string" if is_str else AnyType(), name, required=name in REQUIRED))
+        cols.append(ColSpec("string" if is_str else AnyType(), name, required=name in required))
     for label in schema.LABELS:
         cols.append(ColSpec(AnyType(), label, required=False))
     outputs = [ColSpec("string", "event_id")] + [ColSpec("double", f"p_{t}") for t in tasks]

@@ -4,7 +4,8 @@
 
 reads `<landing>/impressions/dt=D/*` plus the landing's users/items snapshots, scores the rows through the
 model's pyfunc in a fresh interpreter (`pipeline.registry.predict_isolated`: the model rebuilds features from raw rows with its own
-bundled state and code) and writes `event_id`, `p_<task>` per task and `score` as Parquet, atomically.
+bundled state and code, history from the lake of `serving.history_from` when set, new texts cached under
+`serving.text_cache`) and writes `event_id`, `p_<task>` per task and `score` as Parquet, atomically.
 """
 
 from __future__ import annotations

@@ -93,3 +93,7 @@ MTL_MODEL = "mtl"
 
 def baseline_name(task: str) -> str:
     return f"baseline_{task}"
+
+
+def gbdt_name(task: str) -> str:
+    return f"gbdt_{task}"

@@ -82,6 +82,13 @@ def _calibration(report: dict, out: Path, plt) -> None:
     plt.close(fig)
 
 
+def _auc_of(row: dict, key: str, task: str) -> float | None:
+    """AUC of `key` in a comparison row; "baseline" is the DNN baseline `baseline_<task>`."""
+    if key == "baseline":
+        return (row.get("baselines") or {}).get(baseline_name(task))
+    return row.get(key)
+
+
 def _bars(report: dict, out: Path, plt) -> None:
     tasks = report["tasks"]
     comp = report["comparison"]["tasks"]
@@ -89,7 +96,8 @@ def _bars(report: dict, out: Path, plt) -> None:
     fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 3.2))
     lowest = 1.0
     for i, key in enumerate(("mtl", "baseline", "champion")):
-        vals = np.array([np.nan if comp[t].get(key) is None else comp[t][key] for t in tasks], dtype=float)
+        vals = np.array([np.nan if _auc_of(comp[t], key, t) is None else _auc_of(comp[t], key, t) for t in tasks],
+                        dtype=float)
         bars = ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=key)
         ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.3f}" for v in vals], fontsize=6)
         lowest = min(lowest, np.nanmin(vals, initial=1.0))

@@ -33,7 +33,7 @@ from pipeline.paths import Layout, parse_date
 DEFAULT_STALE_AFTER = 12 * 3600.0
 # Registering a version (log the model, re-score the champion) takes seconds to minutes: wait this long.
 REGISTRY_WAIT_S = 1800.0
-REGISTRY_LEASE = "registry.lock"
+REGISTRY_LEASE = "registry.lease"  # not *.lock: those are the per-date leases
 
 
 def lock_path(home: str | os.PathLike, date: str | dt.date) -> Path:

@@ -22,7 +22,15 @@ from pipeline.errors import FeatureError, MTLError
 from pipeline.evaluation import gate
 from pipeline.evaluation.metrics import calibration_bins, summary
 from pipeline.io import atomic_path, write_json
-from pipeline.paths import EVALUATION_FILE, FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name, gbdt_name
+from pipeline.paths import (
+    EVALUATION_FILE,
+    FEATURES_DIR,
+    MODELS_DIR,
+    MTL_MODEL,
+    Layout,
+    baseline_name,
+    gbdt_name,
+)
 from pipeline.serving.fused import PRICE, effective_exponents, formula, fused_score
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ the same weak first version, two dates registering at once (two processes).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,8 @@ def main() -> None:
     from pipeline.run import run_all
 
     logging.disable(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="mtl-gate-") as tmp:
+    # MLflow prints progress on stdout: keep stdout for the table.
+    with tempfile.TemporaryDirectory(prefix="mtl-gate-") as tmp, contextlib.redirect_stdout(sys.stderr):
         root = Path(tmp)
         generate(root / "landing", **TINY)
         home = root / "home"
@@ -47,7 +49,7 @@ def main() -> None:
         both = sorted(rows_of(release_in_processes(fresh, FAST, CONCURRENT)), key=lambda r: r["version"])
         rows += both
         labels += [f"concurrent: {r['run']} (at once)" for r in both]
-        print(table(rows, labels))
+    print(table(rows, labels))
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def _add_model_commands(sub, common) -> None:
     text = ("move champion to the run's registered version if the gate passes against the champion as it is "
             "now (what the DAG's promote task does); a refusal exits 2 with the gate lines")
     p = sub.add_parser("promote-champion", parents=[common], help=text, description=text)
-    _stage_args(p)
+    _stage_args(p, landing=False)
     p.add_argument("--run-dir", default=None, metavar="DIR", help="a saved run folder")
     p.set_defaults(func=cmd_promote_champion)
     p = sub.add_parser("run", parents=[common], help="every stage for logical date D (what the DAG runs)")

@@ -46,7 +46,7 @@ def _conf(landing, fast_overrides, **extra) -> dict:
 
 
 def test_dag_run_registers_a_challenger_and_skips_promote_on_a_refused_gate(airflow_db, tiny_landing, tmp_home,
-                                                                            fast_overrides, caplog):
+                                                                            fast_overrides, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
     dr = _dag().test(logical_date=LOGICAL, run_conf=_conf(tiny_landing, fast_overrides))
     states = _states(dr)
@@ -70,6 +70,10 @@ def test_dag_run_registers_a_challenger_and_skips_promote_on_a_refused_gate(airf
     from pipeline.serving.score import read_landing_day
 
     uri = f"sqlite:///{tmp_home / 'mlflow.db'}"
+    # mlflow.set_*_uri write MLFLOW_*_URI into os.environ: let monkeypatch take them out again after the test,
+    # or later subprocesses (`mlflow models serve` in test_serving.py) resolve models in this test's registry.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models:/ URIs resolve against the registry URI, process-global in MLflow
     assert _aliases(tmp_home) == {"challenger": 1}

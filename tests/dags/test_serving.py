@@ -98,7 +98,8 @@ def test_mlflow_models_serve_answers_and_rejects_bad_rows(served, tiny_landing, 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home.resolve() / 'mlflow.db'}",
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tmp_path / "serve.log"
     mlflow_bin = str(bin_dir / "mlflow")

@@ -94,9 +94,9 @@ def test_registry_lease_makes_writers_take_turns_and_names_the_holder(tmp_path):
     t = threading.Thread(target=first)
     t.start()
     inside.wait(10)
-    with pytest.raises(ConcurrentRunError, match="register 2026-01-09"):
-        with registry_lease(tmp_path, owner="impatient", wait_s=0.1):
-            pass
+    with pytest.raises(ConcurrentRunError, match="register 2026-01-09"), \
+            registry_lease(tmp_path, owner="impatient", wait_s=0.1):
+        pass
     with registry_lease(tmp_path, owner="register 2026-01-10"):  # waits for the first, then gets in
         order.append("second in")
     t.join()

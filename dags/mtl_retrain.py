@@ -37,7 +37,8 @@ Runs at 02:00 UTC for the previous day (the logical date D, `ds`). Steps:
 3. **wait_for_landing**: waits (reschedule mode) for `<landing>/impressions/dt=D/_SUCCESS`.
 4. **ingest** -> **validate** (Great Expectations + contract rules; publishes the day into the lake, Asset
    `mtl_lake_impressions`) -> **features** -> **train_mtl** and **train_baseline** (one mapped task per task,
-   pool `gpu`) -> **evaluate** -> **register** (MLflow; champion/challenger gate; skipped on dry run).
+   pool `gpu`) -> **evaluate** -> **register** (MLflow version + `challenger`; skipped on dry run) -> **promote**
+   (moves `champion` when the gate passes; skipped, with the gate's reasons in its log, when it refuses).
 5. **release_lock** (teardown) always runs.
 
 Data errors fail fast without retries; the failed task writes `<home>/runs/<D>/run_summary.json`.
@@ -236,12 +237,33 @@ def evaluate(info: dict) -> dict:
 
 @task
 def register(info: dict) -> dict:
-    """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
+    """Log to MLflow, register as `challenger`, record the gate (`champion` moves in `promote`). Skipped on dry
+    run."""
     from pipeline.release import register as run
 
     if info["dry_run"]:
         raise AirflowSkipException("dry run: nothing registered")
     return _stage(run, info, run_id=info["run_id"])
+
+
+def _promote_or_skip(cfg, run_id: str) -> dict:
+    """promote_champion; a gate refusal becomes a skip (not green, not red) with the gate lines in the log."""
+    from pipeline.errors import GateRefusedError
+    from pipeline.release import promote_champion
+
+    try:
+        return promote_champion(cfg, run_id=run_id)
+    except GateRefusedError as exc:
+        log.info("gate refused version %s; champion not moved. Gate lines:\n%s", exc.version,
+                 "\n".join(f"  {r}" for r in exc.reasons))
+        raise AirflowSkipException(str(exc)) from exc
+
+
+@task
+def promote(info: dict) -> dict:
+    """Move `champion` to the registered version if the gate passes against the champion as it is now;
+    skipped, with the gate's reasons in the log, when it refuses."""
+    return _stage(_promote_or_skip, info, info["run_id"])
 
 
 @task(trigger_rule="all_done", retries=1)
@@ -270,9 +292,9 @@ def mtl_retrain():
     mtl = train_mtl(info)
     baselines = train_baseline.partial(info=info).expand(task_name=baseline_tasks(info))
     gbdts = train_gbdt.partial(info=info).expand(task_name=gbdt_tasks(info))
-    done = register(info)
+    done = promote(info)
     chain(info, lock, wait_for_landing(info), ingest(info), validate(info), features(info), [mtl, baselines, gbdts],
-          evaluate(info), done)
+          evaluate(info), register(info), done)
     done >> release_lock(info).as_teardown(setups=lock)
 
 

@@ -123,6 +123,15 @@ def cmd_import(args):
     return import_dataset(args.name, args.src, args.out)
 
 
+def cmd_promote_champion(args):
+    from pipeline.release import promote_champion
+
+    cfg = _cfg(args)
+    if args.run_dir:
+        return promote_champion(cfg, run_dir=args.run_dir)
+    return promote_champion(cfg, run_id=_run_id(args))
+
+
 def cmd_promote(args):
     from pipeline.registry import promote
 
@@ -194,10 +203,17 @@ def _add_model_commands(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="test-window metrics for the MTL model and baselines")
     _stage_args(p)
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("register", parents=[common], help="log the run to MLflow, register, apply the gate")
+    p = sub.add_parser("register", parents=[common], help="log the run to MLflow, register it as challenger, "
+                       "record the gate (champion moves with promote-champion)")
     _stage_args(p)
     p.add_argument("--run-dir", default=None, metavar="DIR", help="register a saved run folder")
     p.set_defaults(func=cmd_register)
+    text = ("move champion to the run's registered version if the gate passes against the champion as it is "
+            "now (what the DAG's promote task does); a refusal exits 2 with the gate lines")
+    p = sub.add_parser("promote-champion", parents=[common], help=text, description=text)
+    _stage_args(p, landing=False)
+    p.add_argument("--run-dir", default=None, metavar="DIR", help="a saved run folder")
+    p.set_defaults(func=cmd_promote_champion)
     p = sub.add_parser("run", parents=[common], help="every stage for logical date D (what the DAG runs)")
     _stage_args(p)
     p.set_defaults(func=cmd_run)
@@ -214,7 +230,7 @@ def _add_model_commands(sub, common) -> None:
     p.add_argument("--date", required=True, metavar="YYYY-MM-DD")
     p.add_argument("--out", required=True, metavar="FILE.parquet")
     p.set_defaults(func=cmd_score)
-    p = sub.add_parser("promote", parents=[common], help="move the champion alias to a version by hand")
+    p = sub.add_parser("promote", parents=[common], help="move the champion alias to a version by hand (no gate)")
     p.add_argument("--version", required=True, type=int)
     p.add_argument("--why", required=True, help="reason, stored as a tag with the user")
     p.set_defaults(func=cmd_promote)

@@ -158,14 +158,24 @@ class GbdtConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """TFX-style thresholds on test AUC, per task."""
+    """Per-task thresholds on paired request-level bootstrap intervals of (challenger - reference) test AUC."""
 
-    min_champion_delta: float = 0.0  # challenger - champion must be >= this on every task
-    max_baseline_regression: float = 0.01  # baseline - challenger must be <= this on every task
-    bootstrap: int = 200
-    # A regression vs a baseline beyond the threshold fails only when it is also beyond noise: the bootstrap
-    # interval of (challenger - baseline) lies wholly below 0. Off = the point estimate alone decides.
-    require_significance: bool = True
+    # Non-inferiority to the champion: the interval's lower bound must be >= -champion_margin on every task it serves.
+    champion_margin: float = 0.01
+    # At least one task significantly better than the champion (lower bound > 0), on top of non-inferiority.
+    require_improvement: bool = False
+    # Vs every baseline (baseline_<task>, gbdt_<task>): the interval's lower bound must be >= -this.
+    max_baseline_regression: float = 0.02
+    bootstrap: int = 200  # request resamples for the 95% intervals; 0 = point estimates only
+
+
+# Keys that were removed, with what replaced them: an old config naming one gets a ConfigError that says so.
+REMOVED_KEYS = {
+    "gate.min_champion_delta": "gate.champion_margin (non-inferiority: the lower bound of challenger - champion "
+                               "must be >= -champion_margin)",
+    "gate.require_significance": "gate.require_improvement (every gate rule now reads the bootstrap interval; "
+                                 "require_improvement asks for one task significantly better than the champion)",
+}
 
 
 @dataclass(frozen=True)
@@ -262,6 +272,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
+    removed = sorted(prefix + u for u in unknown if prefix + u in REMOVED_KEYS)
+    if removed:
+        raise ConfigError("; ".join(f"config key '{k}' was removed: use {REMOVED_KEYS[k]}" for k in removed))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(sorted(prefix + u for u in unknown))}")
     kwargs = {}
@@ -388,7 +401,10 @@ def validate_config(cfg: Config) -> None:
     _check(all(w >= 1 for w in cfg.features.history_windows), "features.history_windows must be >= 1 day")
     _check(cfg.registry.connect_retries >= 1 and cfg.registry.retry_wait_s >= 0,
            "registry.connect_retries must be >= 1 and registry.retry_wait_s >= 0")
-    _check(cfg.gate.bootstrap >= 0, "gate.bootstrap must be >= 0")
+    g = cfg.gate
+    _check(g.bootstrap >= 0, "gate.bootstrap must be >= 0")
+    _check(g.champion_margin >= 0, "gate.champion_margin must be >= 0 (a lower bound >= -margin)")
+    _check(g.max_baseline_regression >= 0, "gate.max_baseline_regression must be >= 0 (a lower bound >= -it)")
     hist = cfg.serving.history_from
     _check(not hist or Path(hist).is_dir(), f"serving.history_from: {hist!r} is not a folder (a home with a lake)")
     _check(not cfg.serving.text_cache or not Path(cfg.serving.text_cache).is_file(),

@@ -60,3 +60,18 @@ class RegistryError(MTLError):
 
 class ConcurrentRunError(MTLError):
     """Another run for the same home and date holds the lock."""
+
+
+class ChampionMovedError(RegistryError):
+    """`champion` moved between the gate's judgement and the alias move, by a writer that does not take the
+    registry lease (another home on the same tracking server, the MLflow UI). Retrying judges again."""
+
+
+class GateRefusedError(MTLError):
+    """The gate (or the rerun rule) refused to move `champion` to a version; `reasons` are the gate lines."""
+
+    def __init__(self, version: int, reasons: list[str]):
+        self.version = version
+        self.reasons = list(reasons)
+        failed = [r for r in self.reasons if r.endswith("FAIL") or "not moved again" in r] or self.reasons
+        super().__init__(f"version {version} does not become champion:\n" + "\n".join(f"  - {r}" for r in failed))

@@ -8,6 +8,10 @@ run id as owner and its last task releases it, while `run_all` (the CLI path) ho
 - A lease is stale, and may be taken over, when its process is gone (same host, pid recorded) or when it is
   older than `stale_after` seconds (a worker killed before it could release).
 - Check-and-write is serialised with `fcntl.flock` on a sibling file, so two acquirers cannot both win.
+
+`registry_lease(home)` is the other lock: one for the whole home, held while a run's version is judged,
+registered and `champion` moved (`pipeline.release`), so runs of different dates take turns there. It is a
+plain `flock`, held by the process inside a `with` block and freed by the kernel if that process dies.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from pipeline.io import write_json
 from pipeline.paths import Layout, parse_date
 
 DEFAULT_STALE_AFTER = 12 * 3600.0
+# Registering a version (log the model, re-score the champion) takes seconds to minutes: wait this long.
+REGISTRY_WAIT_S = 1800.0
+REGISTRY_LEASE = "registry.lease"  # not *.lock: those are the per-date leases
 
 
 def lock_path(home: str | os.PathLike, date: str | dt.date) -> Path:
@@ -107,3 +114,35 @@ def run_lock(home: str | os.PathLike, date: str | dt.date, owner: str | None = N
         yield path
     finally:
         release(home, date, owner)
+
+
+@contextlib.contextmanager
+def registry_lease(home: str | os.PathLike, owner: str | None = None,
+                   wait_s: float = REGISTRY_WAIT_S) -> Iterator[Path]:
+    """Hold the home's registry lease for a `with` block, waiting up to `wait_s` for the current holder.
+
+    Raises ConcurrentRunError naming the holder when it is still held after `wait_s` (the DAG retries it).
+    """
+    path = Layout.of(home).locks / REGISTRY_LEASE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = owner or f"pid:{os.getpid()}@{socket.gethostname()}"
+    deadline = time.monotonic() + wait_s
+    with open(path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    raise ConcurrentRunError(f"the registry lease {path} is still held by {fh.read().strip() or '?'} "
+                                             f"after {wait_s:g} s; registration and champion moves take turns")
+                time.sleep(0.2)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"owner": owner, "pid": os.getpid(), "since": time.time()}))
+            fh.flush()
+            yield path
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

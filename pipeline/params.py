@@ -46,10 +46,10 @@ FIELDS: tuple[Field, ...] = (
           "selection.", minimum=1),
     Field("data.test_days", "Test window (days)", "Last days up to the logical date; reported once.", minimum=1),
     Field("text.enabled", "Text tower", "Encode item titles and search queries with the MiniLM transformer."),
-    Field("gate.min_champion_delta", "Gate: min gain over champion", "Challenger test AUC minus champion's must "
-          "be at least this on every task."),
-    Field("gate.max_baseline_regression", "Gate: max loss to baselines", "Baseline test AUC minus challenger's "
-          "may be at most this on every task.", minimum=0),
+    Field("gate.champion_margin", "Gate: champion margin", "Non-inferiority: on every task the champion serves, "
+          "the lower bound of the 95% interval of (challenger - champion) test AUC must be >= -this.", minimum=0),
+    Field("gate.max_baseline_regression", "Gate: max loss to baselines", "On every task, the lower bound of the "
+          "95% interval of (challenger - baseline) test AUC must be >= -this, for each baseline.", minimum=0),
     Field("dry_run", "Dry run", "Stop after evaluation; register nothing."),
 )
 

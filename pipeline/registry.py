@@ -1,9 +1,9 @@
 """The MLflow layer, the only module that talks to a tracking server or registry (aliases, never stages).
 
 Connect (with retries, naming the URI), look up aliases, score with a registered version in a fresh interpreter
-(`predict_isolated`), log a run with its pyfunc model version (`log_version`), tag it and move the aliases
-(`finish_version`: `champion` last), and move `champion` by hand (`promote`, `rollback`). The register stage that
-decides whether to move it is `pipeline.release`.
+(`predict_isolated`), log a run with its pyfunc model version (`log_version`), tag it and point `challenger` at it
+(`finish_version`), move `champion` by compare-and-set (`move_champion`), and by hand (`promote`, `rollback`).
+The stages that decide whether to move it are `pipeline.release.register` and `promote_champion`.
 """
 
 from __future__ import annotations
@@ -197,19 +197,44 @@ def set_tags(client, name: str, version: str, tags: dict[str, Any]) -> None:
             client.set_model_version_tag(name, version, key, str(value)[:4900])
 
 
-def finish_version(client, cfg: Config, version: str, card: str, tags: dict[str, Any], move: bool,
-                   previous: Any) -> None:
-    """Describe and tag a new version, point `challenger` at it and, when `move`, `champion` last of all (so a
-    failure part-way never moves it)."""
+def version_tags(client, cfg: Config, version: int | str) -> dict[str, str]:
+    """The tags of one version of the configured model."""
+    return dict(client.get_model_version(cfg.registry.model_name, str(version)).tags)
+
+
+def describe(client, cfg: Config, version: int | str, card: str) -> None:
+    """Replace a version's description (its model card)."""
+    client.update_model_version(cfg.registry.model_name, str(version), description=card)
+
+
+def finish_version(client, cfg: Config, version: str, card: str, tags: dict[str, Any]) -> None:
+    """Describe and tag a new version and point `challenger` at it. `champion` is `move_champion`'s."""
     name = cfg.registry.model_name
     client.update_model_version(name, version, description=card)
     set_tags(client, name, version, tags)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    if move:
-        client.set_model_version_tag(name, version, FROM_GATE, "true")
-        if previous is not None:
-            client.set_model_version_tag(name, version, "previous_champion", previous.version)
-        client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def move_champion(client, cfg: Config, version: int | str, expected: int | None) -> int | None:
+    """Compare-and-set: point `champion` at `version` only if it is still at `expected` (None = no champion).
+
+    Call it holding `pipeline.lock.registry_lease`; the check catches writers that do not take the lease.
+    Tags the version `champion_from_gate` and `previous_champion`; returns the previous version.
+    Raises ChampionMovedError when `champion` is elsewhere.
+    """
+    from pipeline.errors import ChampionMovedError
+
+    name = cfg.registry.model_name
+    current = alias_version(client, name, CHAMPION)
+    now = None if current is None else int(current.version)
+    if now != expected:
+        raise ChampionMovedError(f"{name}: champion is version {now}, not {expected} as when version {version} was "
+                                 "judged; judge it again against the new champion (a retry does)")
+    client.set_model_version_tag(name, str(version), FROM_GATE, "true")
+    if now is not None:
+        client.set_model_version_tag(name, str(version), "previous_champion", str(now))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return now
 
 
 def log_version(cfg: Config, client, run_dir: Path, report: dict, tags: dict, metrics: dict[str, float],
@@ -256,21 +281,24 @@ def _bundle_info(cfg: Config, report: dict, tags: dict) -> dict[str, Any]:
 def _move(cfg: Config, version: int | str, who: str | None, why: str, kind: str) -> dict[str, Any]:
     """Point `champion` at `version`, tagging it `<kind>_by`/`<kind>_why` (and, on a promotion, the version
     it replaces as `previous_champion`, which `rollback` returns to)."""
-    client = connect(cfg)
-    name = cfg.registry.model_name
     from mlflow.exceptions import MlflowException
 
+    from pipeline.lock import registry_lease
+
+    client = connect(cfg)
+    name = cfg.registry.model_name
     try:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise RegistryError(f"{name} has no version {version}: {exc}") from None
     who = who or os.environ.get("USER") or "unknown"
-    previous = alias_version(client, name, CHAMPION)
-    client.set_model_version_tag(name, str(version), f"{kind}_by", who)
-    client.set_model_version_tag(name, str(version), f"{kind}_why", why or "")
-    if previous is not None and kind == "promoted":
-        client.set_model_version_tag(name, str(version), "previous_champion", previous.version)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
+    with registry_lease(cfg.home):  # a hand move takes its turn with the nightly registrations
+        previous = alias_version(client, name, CHAMPION)
+        client.set_model_version_tag(name, str(version), f"{kind}_by", who)
+        client.set_model_version_tag(name, str(version), f"{kind}_why", why or "")
+        if previous is not None and kind == "promoted":
+            client.set_model_version_tag(name, str(version), "previous_champion", previous.version)
+        client.set_registered_model_alias(name, CHAMPION, str(version))
     return {"model": name, "version": int(version), "champion": int(version),
             "previous": None if previous is None else int(previous.version), "by": who, "why": why}
 

@@ -42,10 +42,11 @@ def model_names(cfg: Config) -> list[str]:
 def run_all(
     cfg: Config, landing: str | os.PathLike, date: str | dt.date, run_id: str | None = None
 ) -> dict[str, Any]:
-    """ingest -> validate -> features -> train (mtl + baselines) -> evaluate -> register.
+    """ingest -> validate -> features -> train (mtl + baselines) -> evaluate -> register -> promote.
 
-    Returns `{stage: that stage's result}` (train: `{name: result}`). With `cfg.dry_run` it stops after
-    evaluation and registers nothing. Raises the stage's MTLError on failure; earlier stages' outputs stay.
+    Returns `{stage: that stage's result}` (train: `{name: result}`; promote: `promote_champion`'s, or
+    `{"run_id", "version", "champion": False, "reasons"}` when the gate refuses). With `cfg.dry_run` it stops
+    after evaluation and registers nothing. Raises the stage's MTLError on failure; earlier stages' outputs stay.
     """
     day = parse_date(date)
     run_id = run_id or day.isoformat()
@@ -68,9 +69,15 @@ def run_all(
         if cfg.dry_run:
             log.info("dry run: nothing registered for run %s", run_id)
             return out
-        from pipeline.release import register
+        from pipeline.errors import GateRefusedError
+        from pipeline.release import promote_champion, register
 
         out["register"] = register(cfg, run_id=run_id)
+        try:
+            out["promote"] = promote_champion(cfg, run_id=run_id)
+        except GateRefusedError as exc:  # a refusal is an outcome of the run, not a failure
+            log.info("%s", exc)
+            out["promote"] = {"run_id": run_id, "version": exc.version, "champion": False, "reasons": exc.reasons}
     return out
 
 

@@ -1,7 +1,8 @@
 """The model card: a Markdown description of one registered version, built from the saved run folder.
 
 Sections: data window (dates, rows, label rates per split), model (architecture, key params, fused score),
-test metrics (MTL vs baseline vs champion with bootstrap intervals, and per surface), seesaw, gate decision,
+test metrics (MTL vs each baseline vs champion, challenger - reference with bootstrap intervals, and per
+surface), seesaw, gate decision,
 diagnostics (expert collapse), lineage (lake fingerprints, git commit, config hash, DAG run id).
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.evaluation.gate import interval_text
 from pipeline.io import read_json
 from pipeline.paths import FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name, gbdt_name
 
@@ -53,12 +55,6 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
                 if sm.get("auc") is not None and not math.isnan(sm["auc"]):
                     out[f"{model}.{task}.{surface}.auc"] = float(sm["auc"])
     return out
-
-
-def _interval(vs: dict | None) -> str:
-    if not vs:
-        return "n/a"
-    return f"{_num(vs.get('diff'), '+.4f')} [{_num(vs.get('lo'), '+.4f')}, {_num(vs.get('hi'), '+.4f')}]"
 
 
 def _data_section(spec: dict[str, Any]) -> list[str]:
@@ -107,15 +103,17 @@ def _metrics_section(report: dict[str, Any]) -> list[str]:
     models = report["models"]
     comp = report["comparison"]["tasks"]
     lines = ["## Test metrics", "",
-             (f"Test window {', '.join(report['test']['dates'])}: {report['test']['rows']} rows. "
-              "Intervals: 95% bootstrap over requests."), "",
-             ("| task | MTL AUC | baseline AUC | MTL - baseline | champion AUC | MTL - champion | logloss "
-              "| GAUC user | NDCG@10 | pred/obs | ECE |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+             (f"Test window {', '.join(report['test']['dates'])}: {report['test']['rows']} rows. Differences are "
+              "challenger (MTL) minus reference, with 95% paired bootstrap intervals over requests."), "",
+             ("| task | MTL AUC | baselines: AUC, MTL - baseline | champion AUC | MTL - champion | logloss "
+              "| GAUC user | NDCG@10 | pred/obs | ECE |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for task in report["tasks"]:
         o = models[MTL_MODEL][task]["overall"]
         c = comp.get(task, {})
-        lines.append(f"| {task} | {_num(c.get('mtl'))} | {_num(c.get('baseline'))} | {_interval(c.get('vs_baseline'))} "
-                     f"| {_num(c.get('champion'))} | {_interval(c.get('vs_champion'))} | {_num(o['logloss'])} "
+        base = "; ".join(f"{n} {_num(a)}, {interval_text((c.get('vs_baselines') or {}).get(n))}"
+                         for n, a in sorted((c.get("baselines") or {}).items())) or "n/a"
+        lines.append(f"| {task} | {_num(c.get('mtl'))} | {base} | {_num(c.get('champion'))} "
+                     f"| {interval_text(c.get('vs_champion'))} | {_num(o['logloss'])} "
                      f"| {_num(o['gauc_user'])} | {_num(o['ndcg10'])} | {_num(o['pred_obs'], '.3f')} "
                      f"| {_num(o['ece'])} |")
     surfaces = list(next(iter(models[MTL_MODEL].values()))["by_surface"])
@@ -125,8 +123,9 @@ def _metrics_section(report: dict[str, Any]) -> list[str]:
         bs = models[MTL_MODEL][task]["by_surface"]
         lines.append(f"| {task} | " + " | ".join(_num(bs[s]["auc"]) for s in surfaces) + " |")
     seesaw = report.get("seesaw") or []
-    lines += ["", "Seesaw (MTL worse than its baseline beyond the interval): "
-              + (", ".join(f"{s['task']} ({_num(s['diff'], '+.4f')})" for s in seesaw) or "none"), ""]
+    lines += ["", "Seesaw (MTL worse than a baseline beyond the interval): "
+              + (", ".join(f"{s['task']} vs {s.get('baseline', 'baseline')} ({_num(s['diff'], '+.4f')})"
+                           for s in seesaw) or "none"), ""]
     return lines
 
 
@@ -163,23 +162,26 @@ def _lineage(cfg: Config, spec: dict[str, Any], tags: dict[str, Any]) -> list[st
 
 
 def render(cfg: Config, run_dir: Path, report: dict[str, Any], decision, version: str, tags: dict[str, Any],
-           champion_moved: bool) -> str:
-    """The model card Markdown for `version` (see the module docstring)."""
+           champion_moved: bool, eligible: bool = False) -> str:
+    """The model card Markdown for `version` (see the module docstring). `eligible`: the promote step may move
+    `champion` here; `champion_moved`: it did."""
     spec_path = Path(run_dir) / FEATURES_DIR / "feature_spec.json"
     spec = read_json(spec_path) if spec_path.is_file() else {}
     meta_path = Path(run_dir) / MODELS_DIR / MTL_MODEL / "meta.json"
     meta = read_json(meta_path) if meta_path.is_file() else {}
-    baselines = [t for t in report["tasks"] if baseline_name(t) in report["models"]]
-    gbdts = [t for t in report["tasks"] if gbdt_name(t) in report["models"]]
+    baselines = sorted({n for row in report["comparison"]["tasks"].values() for n in row.get("baselines") or {}})
     champ = report["comparison"].get("champion")
     lines = [f"# {cfg.registry.model_name} version {version}", "",
-             f"Run `{tags.get('run_id')}` for data date {report['date']}. Compared with single-task baselines for "
-             f"{', '.join(baselines) or 'no task'}, LightGBM baselines for {', '.join(gbdts) or 'no task'} and with "
+             f"Run `{tags.get('run_id')}` for data date {report['date']}. Compared with baselines "
+             f"{', '.join(baselines) or '(none trained)'} (single-task DNN `baseline_<task>`, LightGBM "
+             "`gbdt_<task>`) and with "
              + (f"champion version {champ['version']}" if champ else "no champion (first version)") + ".", ""]
     lines += _data_section(spec) + _model_section(cfg, meta, report, spec) + _metrics_section(report)
     lines += _baselines_section(run_dir, report)
-    lines += ["## Gate", "", f"**{'passed' if decision.passed else 'failed'}**; champion "
-              + ("moved to this version." if champion_moved else "not moved."), ""]
+    status = ("moved to this version." if champion_moved else
+              "eligible: the promote step moves it here." if eligible else "not moved.")
+    lines += ["## Gate", "", f"**{'passed' if decision.passed else 'failed'}**; champion {status}",
+              "Each line: challenger - reference, 95% interval; the rule it must meet.", ""]
     lines += [f"- {r}" for r in tags.get("gate_reasons", "").splitlines()] + [""]
     collapse = (meta.get("diagnostics") or {}).get("expert_collapse") or []
     lines += ["## Diagnostics", "", f"- expert collapse: {collapse or 'none seen'}", ""]

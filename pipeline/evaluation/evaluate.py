@@ -162,20 +162,30 @@ def model_metrics(test: pl.DataFrame, probs: dict[str, np.ndarray], fused: np.nd
     return out
 
 
+def baselines_of(task: str, names) -> list[str]:
+    """The models among `names` that are baselines of `task`: `baseline_<task>` (DNN) and `gbdt_<task>`."""
+    return [n for n in names if n in (baseline_name(task), gbdt_name(task))]
+
+
 def comparison(test: pl.DataFrame, preds: dict[str, dict[str, np.ndarray]], cfg: Config,
-               champion: tuple[dict | None, dict[str, np.ndarray] | None, str | None]) -> dict[str, Any]:
-    """gate.compare on each task's sample space: MTL vs its baseline and vs the champion."""
+               champion: tuple[dict | None, dict[str, np.ndarray] | None, str | None],
+               data_date: str | None = None) -> dict[str, Any]:
+    """gate.compare on each task's sample space: MTL vs each of its baselines and vs the champion.
+
+    The champion's info gains `tasks`, every task it serves (also those the challenger lacks)."""
     info, champ, error = champion
     mtl = preds[MTL_MODEL]
     masks = {t: task_mask(test, t) for t in mtl}
     req = group_codes(test, "request_id")
+    if info is not None and champ is not None:
+        info = {**info, "tasks": list(champ)}
     return gate.compare(
         labels={t: test[TASKS[t].label].to_numpy()[masks[t]] for t in mtl},
         requests={t: req[masks[t]] for t in mtl},
         mtl={t: p[masks[t]] for t, p in mtl.items()},
-        baselines={t: preds[baseline_name(t)][t][masks[t]] for t in mtl if baseline_name(t) in preds},
+        baselines={t: {n: preds[n][t][masks[t]] for n in baselines_of(t, preds) if t in preds[n]} for t in mtl},
         champion=None if champ is None else {t: champ[t][masks[t]] for t in mtl if t in champ},
-        champion_info=info, cfg=cfg.gate, champion_error=error)
+        champion_info=info, cfg=cfg.gate, champion_error=error, data_date=data_date)
 
 
 def _write_predictions(path: Path, test: pl.DataFrame, probs: dict[str, np.ndarray], fused) -> None:
@@ -200,7 +210,7 @@ def _add_model(cfg: Config, run_dir: Path, report: dict, name: str, probs: dict[
 
 
 def _finish(cfg: Config, run_dir: Path, report: dict, test: pl.DataFrame, preds: dict, champ: tuple) -> dict:
-    report["comparison"] = comparison(test, preds, cfg, champ)
+    report["comparison"] = comparison(test, preds, cfg, champ, data_date=report["date"])
     report["seesaw"] = gate.seesaw(report["comparison"])
     report["gate"] = gate.decide(report["comparison"], cfg.gate).to_dict()
     write_json(run_dir / EVALUATION_FILE, report)

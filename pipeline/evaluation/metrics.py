@@ -101,20 +101,32 @@ def gauc(labels, scores, groups) -> float:
 
 
 def _dcg_by_group(gains: np.ndarray, keys: np.ndarray, g: np.ndarray, n_groups: int, k: int) -> np.ndarray:
-    """DCG@k per group when rows are ranked by `keys` descending (ties: original row order)."""
-    order = np.lexsort((np.arange(g.size), -keys, g))
-    gs = g[order]
-    start = np.r_[True, gs[1:] != gs[:-1]]
+    """DCG@k per group when rows are ranked by `keys` descending, ties averaged as sklearn's ndcg_score does.
+
+    Rows with equal keys in a group share the positions they span: each gets the tie run's mean gain, times the
+    sum of the discounts 1/log2(pos + 2) of those positions (positions >= k count 0). So the result does not
+    depend on the input row order.
+    """
+    order = np.lexsort((-keys, g))
+    gs, ks, gains = g[order], keys[order], gains[order]
     idx = np.arange(gs.size)
+    start = np.r_[True, gs[1:] != gs[:-1]]
     pos = idx - np.maximum.accumulate(np.where(start, idx, 0))
     disc = np.where(pos < k, 1.0 / np.log2(pos + 2.0), 0.0)
-    return np.bincount(gs, weights=gains[order] * disc, minlength=n_groups)
+    new_run = start | np.r_[True, ks[1:] != ks[:-1]]
+    run = np.cumsum(new_run) - 1
+    n_runs = int(run[-1]) + 1
+    counts = np.bincount(run, minlength=n_runs)
+    mean_gain = np.bincount(run, weights=gains, minlength=n_runs) / counts
+    disc_sum = np.bincount(run, weights=disc, minlength=n_runs)
+    return np.bincount(gs[new_run], weights=mean_gain * disc_sum, minlength=n_groups)
 
 
 def ndcg_at_k(labels, scores, groups, k: int = 10) -> float:
     """Mean NDCG@k over groups (requests) with at least one positive; binary gains, log2 discount.
 
-    Ties in `scores` keep the input row order. NaN when no group has a positive.
+    Tied scores are averaged like `sklearn.metrics.ndcg_score` (ignore_ties=False), so a constant scorer gets
+    the same NDCG whatever the row order. NaN when no group has a positive.
     """
     y, s = _arrays(labels, scores)
     if y.size == 0:

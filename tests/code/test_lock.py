@@ -74,3 +74,31 @@ def test_racing_acquirers_have_exactly_one_winner(tmp_path):
                               text=True) for i in range(4)]
     results = sorted(p.communicate()[0].strip() for p in procs)
     assert results == ["lost", "lost", "lost", "won"]
+
+
+def test_registry_lease_makes_writers_take_turns_and_names_the_holder(tmp_path):
+    import threading
+
+    from pipeline.lock import registry_lease
+
+    order: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with registry_lease(tmp_path, owner="register 2026-01-09"):
+            order.append("first in")
+            inside.set()
+            time.sleep(0.5)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    inside.wait(10)
+    with pytest.raises(ConcurrentRunError, match="register 2026-01-09"), \
+            registry_lease(tmp_path, owner="impatient", wait_s=0.1):
+        pass
+    with registry_lease(tmp_path, owner="register 2026-01-10"):  # waits for the first, then gets in
+        order.append("second in")
+    t.join()
+    assert order == ["first in", "first out", "second in"]
+    assert not list((tmp_path / "locks").glob("*.lock"))  # not a per-date lease

@@ -52,12 +52,15 @@ def test_schedule_retries_and_structure():
     assert "02:00 UTC" in dag.doc_md
     tasks = {t.task_id: t for t in dag.tasks}
     assert set(tasks) >= {"check_config", "take_lock", "wait_for_landing", "ingest", "validate", "features",
-                          "train_mtl", "train_baseline", "train_gbdt", "evaluate", "register", "release_lock"}
+                          "train_mtl", "train_baseline", "train_gbdt", "evaluate", "register", "promote",
+                          "release_lock"}
+    assert "register" in tasks["promote"].upstream_task_ids  # champion moves as its own step, after register
+    assert "release_lock" in tasks["promote"].downstream_task_ids
     for t in tasks.values():
         assert t.doc_md, f"{t.task_id} has no doc_md"
     # Data and config errors are not retried; transient stages back off exponentially.
     assert tasks["validate"].retries == 0 and tasks["check_config"].retries == 0
-    for name in ("ingest", "features", "train_mtl", "register"):
+    for name in ("ingest", "features", "train_mtl", "register", "promote"):
         assert tasks[name].retries >= 2 and tasks[name].retry_exponential_backoff > 1, name
         assert tasks[name].on_failure_callback
     assert tasks["train_mtl"].pool == "gpu" and tasks["train_baseline"].pool == "gpu"

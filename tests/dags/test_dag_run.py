@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from e2e_helpers import LAST_DATE, LOGICAL, REPO, break_funnel, copy_landing, tree_bytes
@@ -38,22 +39,31 @@ def _asset_events(name: str) -> list[dict]:
 
 
 def _conf(landing, fast_overrides, **extra) -> dict:
-    # The gate is not under test here (a 1-epoch model may trail a baseline); the champion must exist.
+    # The real gate at its defaults. Its known outcome here: this 1-epoch model trails its single-task baselines
+    # on every task of 2026-01-10 (cvr by about -0.14, interval wholly below -0.02), so the gate refuses it.
     return {"landing": str(landing), "text__enabled": False, "train__epochs": 1, "overrides": fast_overrides,
-            "gate__max_baseline_regression": 1.0, **extra}
+            **extra}
 
 
-def test_dag_run_ends_with_a_champion_that_loads_and_scores(airflow_db, tiny_landing, tmp_home, fast_overrides):
+def test_dag_run_registers_a_challenger_and_skips_promote_on_a_refused_gate(airflow_db, tiny_landing, tmp_home,
+                                                                            fast_overrides, caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
     dr = _dag().test(logical_date=LOGICAL, run_conf=_conf(tiny_landing, fast_overrides))
     states = _states(dr)
     assert str(dr.state) == "success", states
+    assert states.pop("promote") == "skipped", states  # not green: champion did not move
     assert {s for s in states.values()} == {"success"}, states
     assert sum(k.startswith("train_baseline[") for k in states) == 4
     assert sum(k.startswith("train_gbdt[") for k in states) == 4
     assert not list((tmp_home / "locks").glob("*.lock")), "the run lock was not released"
     events = _asset_events("mtl_lake_impressions")
     assert events and LAST_DATE in events[-1]["published"], events
-
+    registration = json.loads((tmp_home / "runs" / LAST_DATE / "registration.json").read_text())
+    assert (registration["gate"], registration["eligible"], registration["champion"]) == ("failed", False, False)
+    failing = [r for r in registration["reasons"] if r.endswith("FAIL")]
+    assert failing and all(" vs baseline_" in r for r in failing), registration["reasons"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "gate refused version 1; champion not moved" in logged and failing[0] in logged
 
     import mlflow
     import polars as pl
@@ -61,9 +71,14 @@ def test_dag_run_ends_with_a_champion_that_loads_and_scores(airflow_db, tiny_lan
     from pipeline.serving.score import read_landing_day
 
     uri = f"sqlite:///{tmp_home / 'mlflow.db'}"
+    # mlflow.set_*_uri write MLFLOW_*_URI into os.environ: let monkeypatch take them out again after the test,
+    # or later subprocesses (`mlflow models serve` in test_serving.py) resolve models in this test's registry.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models:/ URIs resolve against the registry URI, process-global in MLflow
-    model = mlflow.pyfunc.load_model("models:/ecommerce-mtl@champion")
+    assert _aliases(tmp_home) == {"challenger": 1}
+    model = mlflow.pyfunc.load_model("models:/ecommerce-mtl@challenger")
     raw = read_landing_day(tiny_landing, LAST_DATE)
     out = pl.from_pandas(model.predict(raw.to_pandas()))
     assert out.height == raw.height and out["event_id"].to_list() == raw["event_id"].to_list()
@@ -88,6 +103,14 @@ def test_bad_day_fails_fast_without_retries_and_changes_nothing(airflow_db, tiny
     assert tree_bytes(tmp_home / "lake") == {}
     assert not (tmp_home / "mlflow.db").exists() or _versions(tmp_home) == []
     assert not list((tmp_home / "locks").glob("*.lock"))
+
+
+def _aliases(home) -> dict[str, int]:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return {k: int(v) for k, v in client.get_registered_model("ecommerce-mtl").aliases.items()}
 
 
 def _versions(home) -> list:

@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 DAY, TEST_DAY = "2026-01-09", "2026-01-10"
 NAME = "ecommerce-mtl"
 TASKS = ("ctr", "cart", "ctcvr", "cvr")
-# The gate is not under test here except where a test says so: wide open, so a 1-epoch model can be champion.
-OPEN = ("gate.max_baseline_regression=1.0", "gate.min_champion_delta=-1.0")
+# The real gate with a known outcome: without baselines, the first version (2026-01-09) has nothing to beat and
+# becomes champion whatever a 1-epoch model learns; the gate itself is tested in test_gate.py / test_registry.py.
+KNOWN_PASS = ("train.baselines=false",)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -49,9 +50,9 @@ def base(tmp_path_factory, tiny_landing, fast_overrides_session) -> tuple[Path, 
     from pipeline.run import run_all
 
     home = tmp_path_factory.mktemp("reliability") / "home"
-    overrides = (*fast_overrides_session, *OPEN)
+    overrides = (*fast_overrides_session, *KNOWN_PASS)
     result = run_all(load_config(overrides=list(overrides), home=home), tiny_landing, DAY)
-    assert result["register"]["champion"] is True
+    assert result["promote"]["champion"] is True
     return home, overrides
 
 
@@ -111,7 +112,8 @@ def test_day_without_clicks_reports_undefined_auc_and_keeps_the_champion(base, h
     assert report["models"]["mtl"]["cvr"]["overall"]["rows"] == 0  # no clicked rows: empty sample space
     assert report["gate"]["passed"] is False and any("undefined" in r for r in report["gate"]["reasons"])
     reg = result["register"]
-    assert (reg["version"], reg["champion"], reg["gate"]) == (2, False, "failed")
+    assert (reg["version"], reg["eligible"], reg["gate"]) == (2, False, "failed")
+    assert result["promote"]["champion"] is False
     after = registry_state(home)
     assert after["aliases"] == {"champion": 1, "challenger": 2}
     assert after["versions"][1] == before["versions"][1]  # the champion's record is untouched

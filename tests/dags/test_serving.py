@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_registry import DATE, OPEN, config
+from test_registry import DATE, config, register_by_hand
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/ecommerce-mtl@champion"
@@ -27,12 +27,10 @@ def served(tmp_path_factory, trained_home, fast_overrides_session):
     """A home whose registry holds one champion (the run of DATE); returns (cfg, home)."""
     import shutil
 
-    from pipeline.release import register
-
     home = tmp_path_factory.mktemp("serving") / "home"
     shutil.copytree(trained_home, home)
-    cfg = config(home, fast_overrides_session, *OPEN)
-    assert register(cfg, run_id=DATE)["champion"] is True
+    cfg = config(home, fast_overrides_session)
+    assert register_by_hand(cfg, DATE)["version"] == 1
     return cfg, home
 
 

@@ -63,7 +63,7 @@ def test_report_matches_saved_predictions_on_each_sample_space(evaluated):
         base = pl.read_parquet(run_dir / report["predictions"][f"baseline_{task}"])
         base = base.filter(pl.col(spec.given) == 1) if spec.given else base
         ref_b = metrics.auc(base[spec.label].to_numpy(), base[f"p_{task}"].to_numpy())
-        assert report["comparison"]["tasks"][task]["baseline"] == pytest.approx(ref_b, abs=1e-12)
+        assert report["comparison"]["tasks"][task]["baselines"][f"baseline_{task}"] == pytest.approx(ref_b, abs=1e-12)
     cvr_rows = report["models"]["mtl"]["cvr"]["overall"]["rows"]
     assert cvr_rows == int(test["clicked"].sum()) < test.height
 

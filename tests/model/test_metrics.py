@@ -33,13 +33,18 @@ def brute_gauc(y, s, g):
 
 
 def brute_ndcg(y, s, g, k):
+    """Tied scores share the positions they span: each row gets the mean discount of those positions."""
     vals = []
     for key in sorted(set(g)):
         idx = [i for i in range(len(y)) if g[i] == key]
-        ranked = sorted(idx, key=lambda i: (-s[i], i))
+        disc = [1 / math.log2(r + 2) if r < k else 0.0 for r in range(len(idx))]
+        dcg = 0.0
+        for i in idx:
+            above = sum(1 for j in idx if s[j] > s[i])
+            tied = sum(1 for j in idx if s[j] == s[i])
+            dcg += y[i] * sum(disc[above:above + tied]) / tied
         ideal = sorted((y[i] for i in idx), reverse=True)
-        dcg = sum(y[i] / math.log2(r + 2) for r, i in enumerate(ranked[:k]))
-        idcg = sum(v / math.log2(r + 2) for r, v in enumerate(ideal[:k]))
+        idcg = sum(v * d for v, d in zip(ideal, disc))
         if idcg > 0:
             vals.append(dcg / idcg)
     return sum(vals) / len(vals) if vals else math.nan
@@ -113,6 +118,31 @@ def test_gauc_undefined_when_no_group_has_both_classes():
 def test_ndcg_matches_brute_force(data, k):
     y, s, g = data
     assert metrics.ndcg_at_k(y, s, g, k) == pytest.approx(brute_ndcg(list(y), list(s), list(g), k), abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_ndcg_matches_sklearn_with_ties(data, k):
+    """sklearn.metrics.ndcg_score averages tied scores; per request, over requests with a positive."""
+    from sklearn.metrics import ndcg_score
+
+    y, s, g = data
+    s = np.round(s, 1)  # many ties
+    ref = [ndcg_score([y[g == key]], [s[g == key]], k=k) for key in sorted(set(g))
+           if y[g == key].sum() > 0 and (g == key).sum() > 1]
+    keep = np.isin(g, [key for key in set(g) if (g == key).sum() > 1])
+    assert metrics.ndcg_at_k(y[keep], s[keep], g[keep], k) == pytest.approx(np.mean(ref), abs=1e-12)
+
+
+def test_ndcg_of_a_constant_scorer_does_not_depend_on_row_order():
+    y = np.array([0, 0, 0, 0, 1, 0, 0, 1, 0, 0] * 3, dtype=float)
+    g = np.repeat(["a", "b", "c"], 10)
+    flat = np.full(y.size, 0.3)
+    first = metrics.ndcg_at_k(y, flat, g, 10)
+    positives_first = np.argsort(-y, kind="stable")  # the order that broke ties in their favour before
+    positives_last = np.argsort(y, kind="stable")
+    assert metrics.ndcg_at_k(y[positives_first], flat, g[positives_first], 10) == pytest.approx(first, abs=1e-12)
+    assert metrics.ndcg_at_k(y[positives_last], flat, g[positives_last], 10) == pytest.approx(first, abs=1e-12)
+    assert 0.0 < first < 1.0
 
 
 def test_ndcg_undefined_without_positives():

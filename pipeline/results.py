@@ -122,3 +122,30 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
     if not gate:
         return []
     return [f"gate: {'passed' if gate.get('passed') else 'failed'}", *[f"  - {r}" for r in gate.get("reasons", [])]]
+
+
+def report_summary(report_path: str) -> str:
+    """What the evaluate task logs: test rows, the comparison table, the gate's decision (from evaluation.json)."""
+    import json
+
+    with open(report_path) as fh:
+        report = json.load(fh)
+    test = report.get("test") or {}
+    lines = [f"test window {', '.join(test.get('dates') or [])}: {test.get('rows', 'n/a')} rows; "
+             f"report {report_path}", comparison_table(report), *gate_lines(report)]
+    return "\n".join(lines)
+
+
+def registration_links(result: dict[str, Any], mlflow_ui: str = "") -> str:
+    """Where to look after register: the MLflow run, the model version and the Data Docs, as URLs of the MLflow
+    UI (`mlflow_ui`, else the tracking URI when it is a server, else http://127.0.0.1:5000 of `make mlflow-ui`)."""
+    uri = str(result.get("tracking_uri") or "")
+    base = (mlflow_ui or (uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")).rstrip("/")
+    run, model_uri = result.get("mlflow_run_id"), str(result.get("model_uri") or "")
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    return "\n".join([
+        f"MLflow run:     {base}/#/runs/{run}",
+        f"model version:  {base}/#/models/{name}/versions/{version}  (gate {result.get('gate')}, "
+        f"champion moved: {result.get('champion')})",
+        f"Data Docs:      the MLflow run's artifact validation/data_docs/index.html (renders offline)",
+        *[f"  - {r}" for r in result.get("reasons") or []]])

@@ -252,7 +252,6 @@ def evaluate(info: dict) -> dict:
 def register(info: dict) -> dict:
     """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
     from pipeline.release import register as run
-
     from pipeline.results import registration_links
 
     if info["dry_run"]:

@@ -226,8 +226,8 @@ def _note(report: dict, tags: dict) -> str:
     """The run's description (MLflow tag mlflow.note.content): comparison table, gate, where the Data Docs are."""
     from pipeline import results
 
-    return "\n".join([f"Run `{tags.get('run_id')}`, data date {report.get('date')}, DAG run "
-                      f"`{tags.get('dag_run_id') or 'n/a'}`.", "", "### Test AUC: MTL vs references", "",
+    head = f"Run `{tags.get('run_id')}`, data date {report.get('date')}, DAG run `{tags.get('dag_run_id') or 'n/a'}`."
+    return "\n".join([head, "", "### Test AUC: MTL vs references", "",
                       results.comparison_table(report, markdown=True), "", "### Gate", "",
                       *[f"- {r}" for r in str(tags.get("gate_reasons") or "").splitlines()], "",
                       f"Data Docs (Great Expectations, renders offline): artifact `{DATA_DOCS}`."])

@@ -131,8 +131,8 @@ def report_summary(report_path: str) -> str:
     with open(report_path) as fh:
         report = json.load(fh)
     test = report.get("test") or {}
-    lines = [f"test window {', '.join(test.get('dates') or [])}: {test.get('rows', 'n/a')} rows; "
-             f"report {report_path}", comparison_table(report), *gate_lines(report)]
+    head = f"test window {', '.join(test.get('dates') or [])}: {test.get('rows', 'n/a')} rows; report {report_path}"
+    lines = [head, comparison_table(report), *gate_lines(report)]
     return "\n".join(lines)
 
 
@@ -145,7 +145,7 @@ def registration_links(result: dict[str, Any], mlflow_ui: str = "") -> str:
     name, _, version = model_uri.removeprefix("models:/").partition("/")
     return "\n".join([
         f"MLflow run:     {base}/#/runs/{run}",
-        f"model version:  {base}/#/models/{name}/versions/{version}  (gate {result.get('gate')}, "
-        f"champion moved: {result.get('champion')})",
-        f"Data Docs:      the MLflow run's artifact validation/data_docs/index.html (renders offline)",
+        (f"model version:  {base}/#/models/{name}/versions/{version}  (gate {result.get('gate')}, "
+         f"champion moved: {result.get('champion')})"),
+        "Data Docs:      the MLflow run's artifact validation/data_docs/index.html (renders offline)",
         *[f"  - {r}" for r in result.get("reasons") or []]])

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_REMOTE_LINK = re.compile(r"<link\b[^>]*\bhref=[\"']https?://[^>]*>\s*", re.I)
-_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^\"']*[\"'][^>]*>\s*</script>\s*", re.I)
-_REMOTE_LOGO = re.compile(r"(<img\b[^>]*\bsrc=)[\"']https?://[^\"']*logo[^\"']*[\"']", re.I)
+_REMOTE_LINK = re.compile(r"<link\b[^>]*\bhref=[\"']https?://[^>]*>\s*", re.IGNORECASE)
+_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^\"']*[\"'][^>]*>\s*</script>\s*", re.IGNORECASE)
+_REMOTE_LOGO = re.compile(r"(<img\b[^>]*\bsrc=)[\"']https?://[^\"']*logo[^\"']*[\"']", re.IGNORECASE)
 MARK = "<!-- mtl: offline data docs -->"
 OFFLINE_CSS = Path(__file__).with_name("static") / "data_docs_offline.css"
 
@@ -33,7 +33,7 @@ def localize_page(html: str, css: str, logo: str) -> str:
     html = _REMOTE_SCRIPT.sub("", _REMOTE_LINK.sub("", html))
     html = _REMOTE_LOGO.sub(lambda m: f'{m.group(1)}"{logo}"', html)
     block = f"{MARK}\n<style>\n{css}\n</style>\n"
-    head = re.search(r"<head[^>]*>", html, re.I)
+    head = re.search(r"<head[^>]*>", html, re.IGNORECASE)
     return html[:head.end()] + "\n" + block + html[head.end():] if head else block + html
 
 

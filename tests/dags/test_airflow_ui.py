@@ -215,7 +215,7 @@ def test_rerun_a_finished_day_and_no_silent_waits(standalone):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = sorted(client.search_model_versions("name='ecommerce-mtl'"), key=lambda v: int(v.version))
     assert [v.tags["data_date"] for v in versions] == ["2026-01-10", "2026-01-10"]
-    assert versions[1].tags["rerun_of"] == versions[0].version
+    assert versions[1].tags["rerun_of"] == str(versions[0].version)
     assert versions[1].tags["dag_run_id"] == rerun["dag_run_id"]
 
     runs = api.call("GET", "/api/v2/dags/mtl_retrain/dagRuns?limit=50")["dag_runs"]

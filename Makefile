@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MTL_HOME ?= .mtl
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-next test bench airflow-ui mlflow-ui clean
+.PHONY: venv demo demo-next test bench airflow-ui mlflow-ui serve serve-bench clean
 
 venv: $(STAMP)
 
@@ -64,6 +64,22 @@ airflow-ui: venv
 		$(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' > $(HOME_ABS)/airflow/jwt_secret
 	@echo "== http://127.0.0.1:8080  user admin, password: $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated"
 	$(AIRFLOW_ENV) AIRFLOW__API_AUTH__JWT_SECRET=$$(cat $(HOME_ABS)/airflow/jwt_secret) airflow standalone
+
+# The champion as a REST service on loopback: POST raw impression rows to /invocations (README "Serving").
+# No `venv` prerequisite: serving must not reinstall anything; the venv's bin goes first on PATH because
+# `mlflow models serve` starts `uvicorn` by name.
+SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/ecommerce-mtl@champion
+serve:
+	@test -x $(BIN)/mlflow || { echo "no $(BIN)/mlflow: run 'make venv' (or 'make demo') first"; exit 1; }
+	@test -f $(HOME_ABS)/mlflow.db || { echo "no registry at $(HOME_ABS)/mlflow.db: run 'make demo' first"; exit 1; }
+	@echo "== serving $(SERVE_MODEL) from $(HOME_ABS) on http://127.0.0.1:$(SERVE_PORT)/invocations"
+	MLFLOW_TRACKING_URI=sqlite:///$(HOME_ABS)/mlflow.db PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT) -w 1
+
+# p50/p99 latency of 1- and 50-row requests against the served champion (bench/serve_bench.py).
+serve-bench:
+	$(BIN)/python bench/serve_bench.py --home $(BENCH_DIR)/serve
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(HOME_ABS)/mlflow.db \

@@ -237,7 +237,9 @@ def train_baseline(info: dict, task_name: str) -> dict:
     return _train(info, f"baseline_{task_name}")
 
 
-@task(trigger_rule="none_failed")
+# none_failed: a baseline list that is empty skips the mapped task; min_one_success: a slot whose landing
+# day never came (everything upstream skipped) must not evaluate an empty run folder.
+@task(trigger_rule="none_failed_min_one_success")
 def evaluate(info: dict) -> dict:
     """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
     from pipeline.evaluation.evaluate import evaluate as run

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from e2e_helpers import REPO
 from test_registry import DATE, OPEN, config
 
 pytestmark = pytest.mark.slow
@@ -99,13 +100,14 @@ def test_mlflow_models_serve_answers_and_rejects_bad_rows(served, tiny_landing, 
     _, home = served
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{home.resolve() / 'mlflow.db'}",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # `make serve` itself, pointed at this venv and home: it must put the venv's bin on PATH (mlflow starts
+    # `uvicorn` by name), so the PATH given here holds no venv.
+    venv = Path(sys.executable).parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
     log = tmp_path / "serve.log"
-    mlflow_bin = str(bin_dir / "mlflow")
-    cmd = [mlflow_bin, "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
-           "-p", str(port), "-w", "1"]
+    cmd = ["make", "-s", "-C", str(REPO), "serve", f"VENV={venv}", f"MTL_HOME={home.resolve()}",
+           f"SERVE_PORT={port}"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -30,6 +30,7 @@ AIRFLOW_ENV := MTL_HOME=$(HOME_ABS) MTL_LANDING=$(HOME_ABS)/landing \
 	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(HOME_ABS)/airflow/airflow.db \
 	AIRFLOW__CORE__PARALLELISM=4 \
 	AIRFLOW__API__HOST=127.0.0.1 \
+	MTL_LANDING_WAIT_HOURS=0 \
 	PATH=$(abspath $(BIN)):$$PATH
 
 demo: venv
@@ -43,9 +44,12 @@ demo: venv
 	@$(AIRFLOW_ENV) airflow dags test mtl_retrain $(DEMO_DATE) > $(HOME_ABS)/demo-dag.log 2>&1 || \
 		{ tail -50 $(HOME_ABS)/demo-dag.log; echo "DAG run failed; full log: $(HOME_ABS)/demo-dag.log"; exit 1; }
 	@$(AIRFLOW_ENV) $(BIN)/mtl show --date $(DEMO_DATE) --home $(HOME_ABS) --brief 2>/dev/null
-	@echo "== UIs: 'make airflow-ui' (http://127.0.0.1:8080, user admin, password in $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated)"
-	@echo "        'make mlflow-ui'   (http://127.0.0.1:5000)"
+	@echo "== UIs: 'make airflow-ui' (http://127.0.0.1:8080, user admin; its first start writes the password to"
+	@echo "         $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated)"
+	@echo "        'make mlflow-ui'   (http://127.0.0.1:5000)   'make serve' (the champion on http://127.0.0.1:5001)"
 
+# MTL_LANDING_WAIT_HOURS=0 above: the demo landing never gets "yesterday", so the nightly slot that unpausing
+# starts is skipped at once instead of waiting 6 h.
 # The second night: the same landing folder (the generator is deterministic), the next day. The new version is
 # compared with the first one (now the champion, if its gate passed) on the new test day.
 demo-next:

@@ -109,7 +109,8 @@ def test_version_is_worth_browsing(home, fast_overrides_session):
     version = c.get_model_version(NAME, str(out["version"]))
     card = version.description
     for part in ("# ecommerce-mtl version 1", "## Data", "## Test metrics", "| ctr |", "## Gate", "## Lineage",
-                 "dt=2026-01-10", "config hash", "first version"):
+                 "dt=2026-01-10", "config hash", "first version", "## Data Docs",
+                 "validation/data_docs/index.html"):
         assert part in card, part
     files = {a.path for a in c.list_artifacts(out["mlflow_run_id"])}
     plots = {a.path for a in c.list_artifacts(out["mlflow_run_id"], "plots")}

@@ -202,6 +202,7 @@ def validate(info: dict) -> dict:
     from pipeline.data.validate import validate as run
 
     out = _stage(run, info, info["date"], info["run_id"])
+    log.info("published %s; Data Docs (render offline): file://%s", out.get("published"), out.get("data_docs"))
     get_current_context()["outlet_events"][LAKE].extra = {"published": out.get("published"),
                                                           "home": info["home"]}
     return out

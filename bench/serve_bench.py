@@ -105,7 +105,7 @@ def main() -> None:
     os.environ["MTL_HOME"] = str(home)
     landing, day = (build(home, a.days, a.impressions_per_day) if a.build else (a.landing or home / "landing", a.day))
     landing = Path(landing)
-    day = day or sorted(p.name[3:] for p in (landing / "impressions").glob("dt=*"))[-1]
+    day = day or max(p.name[3:] for p in (landing / "impressions").glob("dt=*"))
     sizes = [int(s) for s in a.sizes.split(",")]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,9 @@ MLflow are imported inside the tasks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
 import os
 from typing import Any
@@ -82,6 +84,7 @@ def _stage(fn, info: dict[str, Any], *args, **kwargs):
     # MLflow's own handler writes INFO to stderr, which Airflow shows as [error]; without it, its records
     # reach Airflow's log handler with their real level. Read when mlflow is first imported, in this task.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar is noise in a log file
 
     try:
         return fn(_cfg(info), *args, **kwargs)
@@ -253,6 +256,16 @@ def evaluate(info: dict) -> dict:
     return out
 
 
+class _InfoLines(io.TextIOBase):
+    """A text stream whose lines go to this module's log at INFO."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.info("%s", line)
+        return len(text)
+
+
 @task
 def register(info: dict) -> dict:
     """Log to MLflow, register as `challenger`, move `champion` if the gate passes. Skipped on dry run."""
@@ -261,7 +274,9 @@ def register(info: dict) -> dict:
 
     if info["dry_run"]:
         raise AirflowSkipException("dry run: nothing registered")
-    out = _stage(run, info, run_id=info["run_id"])
+    # MLflow prints "Successfully registered model ..." to stderr (print, not logging): log it as INFO.
+    with contextlib.redirect_stderr(_InfoLines()):
+        out = _stage(run, info, run_id=info["run_id"])
     log.info("where to look:\n%s", registration_links(out, os.environ.get("MTL_MLFLOW_UI", "")))
     return out
 

@@ -184,13 +184,42 @@ def test_trigger_with_params_through_the_rest_api(standalone):
     assert run_params.get("model.name") == "ple", "the form's model.name did not reach the run's config"
 
 
+def test_backfill_three_days(standalone):
+    """`POST /api/v2/backfills` (what `airflow backfill create` calls): one run per day, in date order.
+
+    Logical dates are the 02:00 UTC slots between from_date and to_date: 01-07, 01-08 and 01-09 here."""
+    api, root, _ = standalone
+    # Windows short enough for the first backfilled day (2026-01-07) to have its train days in the landing.
+    conf = {"dry_run": True, "train__baselines": False, "model__tasks": ["ctr"], "train__epochs": 1,
+            "text__enabled": False, "data__train_days": 4, "overrides": FAST_CONF}
+    api.call("POST", "/api/v2/backfills", {
+        "dag_id": "mtl_retrain", "from_date": "2026-01-07T00:00:00Z", "to_date": "2026-01-10T00:00:00Z",
+        "dag_run_conf": conf, "max_active_runs": 1, "reprocess_behavior": "none"})
+
+    def finished():
+        runs = api.call("GET", "/api/v2/dags/mtl_retrain/dagRuns?limit=50")["dag_runs"]
+        runs = [r for r in runs if r["run_type"] == "backfill"]
+        done = len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs)
+        return runs if done else None
+
+    runs = api.wait("three backfill runs", finished, 480, every=5)
+    assert sorted(r["logical_date"][:10] for r in runs) == ["2026-01-07", "2026-01-08", "2026-01-09"]
+    assert {r["state"] for r in runs} == {"success"}, runs
+    for day in ("2026-01-07", "2026-01-08", "2026-01-09"):
+        assert (root / "home" / "runs" / day / "evaluation.json").is_file(), day
+        assert not (root / "home" / "runs" / day / "registration.json").exists(), "dry run registered"
+
+
 def _task_states(api: Api, run_id: str) -> dict[str, str]:
     tis = api.call("GET", f"/api/v2/dags/mtl_retrain/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     return {t["task_id"]: t["state"] for t in tis if t["map_index"] < 0}
 
 
 def test_rerun_a_finished_day_and_no_silent_waits(standalone):
-    """A finished day (2026-01-10, from the test above) re-runs through the REST API with the form's `date`
+    """Last in this file: with this test before the backfill, the scheduler died twice in three tries on SQLite
+    (ObjectDeletedError on a DagRun after `POST /backfills` answered 503 and was retried).
+
+    A finished day (2026-01-10, from the first test) re-runs through the REST API with the form's `date`
     and no logical date (the same logical date again answers 409); a manual run of a day that never landed
     fails at once in wait_for_landing; the scheduled slot that unpausing started was skipped, not left waiting."""
     api, root, _ = standalone
@@ -224,29 +253,3 @@ def test_rerun_a_finished_day_and_no_silent_waits(standalone):
     for r in scheduled:
         assert api.wait("the scheduled run", lambda r=r: _run_state(api, r["dag_run_id"]), 120) == "success"
         assert _task_states(api, r["dag_run_id"])["wait_for_landing"] == "skipped"
-
-
-def test_backfill_three_days(standalone):
-    """`POST /api/v2/backfills` (what `airflow backfill create` calls): one run per day, in date order.
-
-    Logical dates are the 02:00 UTC slots between from_date and to_date: 01-07, 01-08 and 01-09 here."""
-    api, root, _ = standalone
-    # Windows short enough for the first backfilled day (2026-01-07) to have its train days in the landing.
-    conf = {"dry_run": True, "train__baselines": False, "model__tasks": ["ctr"], "train__epochs": 1,
-            "text__enabled": False, "data__train_days": 4, "overrides": FAST_CONF}
-    api.call("POST", "/api/v2/backfills", {
-        "dag_id": "mtl_retrain", "from_date": "2026-01-07T00:00:00Z", "to_date": "2026-01-10T00:00:00Z",
-        "dag_run_conf": conf, "max_active_runs": 1, "reprocess_behavior": "none"})
-
-    def finished():
-        runs = api.call("GET", "/api/v2/dags/mtl_retrain/dagRuns?limit=50")["dag_runs"]
-        runs = [r for r in runs if r["run_type"] == "backfill"]
-        done = len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs)
-        return runs if done else None
-
-    runs = api.wait("three backfill runs", finished, 480, every=5)
-    assert sorted(r["logical_date"][:10] for r in runs) == ["2026-01-07", "2026-01-08", "2026-01-09"]
-    assert {r["state"] for r in runs} == {"success"}, runs
-    for day in ("2026-01-07", "2026-01-08", "2026-01-09"):
-        assert (root / "home" / "runs" / day / "evaluation.json").is_file(), day
-        assert not (root / "home" / "runs" / day / "registration.json").exists(), "dry run registered"

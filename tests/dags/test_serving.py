@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 from e2e_helpers import REPO
+from test_airflow_ui import _listening_addresses
 from test_registry import DATE, OPEN, config
 
 pytestmark = pytest.mark.slow
@@ -112,6 +113,7 @@ def test_mlflow_models_serve_answers_and_rejects_bad_rows(served, tiny_landing, 
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_up(proc, url, log)
+        assert _listening_addresses(port) == {"0100007F"}, "make serve must listen on 127.0.0.1 only"
         records = _records(tiny_landing, 20)
         status, body = _post(url + "/invocations", {"dataframe_records": records})
         assert status == 200, body

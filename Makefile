@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MTL_HOME ?= .mtl
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-next test bench airflow-ui mlflow-ui clean
+.PHONY: venv demo demo-next test bench airflow-ui mlflow-ui serve serve-bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,7 @@ AIRFLOW_ENV := MTL_HOME=$(HOME_ABS) MTL_LANDING=$(HOME_ABS)/landing \
 	AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(HOME_ABS)/airflow/airflow.db \
 	AIRFLOW__CORE__PARALLELISM=4 \
 	AIRFLOW__API__HOST=127.0.0.1 \
+	MTL_LANDING_WAIT_HOURS=0 \
 	PATH=$(abspath $(BIN)):$$PATH
 
 demo: venv
@@ -43,9 +44,12 @@ demo: venv
 	@$(AIRFLOW_ENV) airflow dags test mtl_retrain $(DEMO_DATE) > $(HOME_ABS)/demo-dag.log 2>&1 || \
 		{ tail -50 $(HOME_ABS)/demo-dag.log; echo "DAG run failed; full log: $(HOME_ABS)/demo-dag.log"; exit 1; }
 	@$(AIRFLOW_ENV) $(BIN)/mtl show --date $(DEMO_DATE) --home $(HOME_ABS) --brief 2>/dev/null
-	@echo "== UIs: 'make airflow-ui' (http://127.0.0.1:8080, user admin, password in $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated)"
-	@echo "        'make mlflow-ui'   (http://127.0.0.1:5000)"
+	@echo "== UIs: 'make airflow-ui' (http://127.0.0.1:8080, user admin; its first start writes the password to"
+	@echo "         $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated)"
+	@echo "        'make mlflow-ui'   (http://127.0.0.1:5000)   'make serve' (the champion on http://127.0.0.1:5001)"
 
+# MTL_LANDING_WAIT_HOURS=0 above: the demo landing never gets "yesterday", so the nightly slot that unpausing
+# starts is skipped at once instead of waiting 6 h.
 # The second night: the same landing folder (the generator is deterministic), the next day. The new version is
 # compared with the first one (now the champion, if its gate passed) on the new test day.
 demo-next:
@@ -64,6 +68,22 @@ airflow-ui: venv
 		$(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' > $(HOME_ABS)/airflow/jwt_secret
 	@echo "== http://127.0.0.1:8080  user admin, password: $(HOME_ABS)/airflow/simple_auth_manager_passwords.json.generated"
 	$(AIRFLOW_ENV) AIRFLOW__API_AUTH__JWT_SECRET=$$(cat $(HOME_ABS)/airflow/jwt_secret) airflow standalone
+
+# The champion as a REST service on loopback: POST raw impression rows to /invocations (README "Serving").
+# No `venv` prerequisite: serving must not reinstall anything; the venv's bin goes first on PATH because
+# `mlflow models serve` starts `uvicorn` by name.
+SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/ecommerce-mtl@champion
+serve:
+	@test -x $(BIN)/mlflow || { echo "no $(BIN)/mlflow: run 'make venv' (or 'make demo') first"; exit 1; }
+	@test -f $(HOME_ABS)/mlflow.db || { echo "no registry at $(HOME_ABS)/mlflow.db: run 'make demo' first"; exit 1; }
+	@echo "== serving $(SERVE_MODEL) from $(HOME_ABS) on http://127.0.0.1:$(SERVE_PORT)/invocations"
+	MLFLOW_TRACKING_URI=sqlite:///$(HOME_ABS)/mlflow.db PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/mlflow models serve -m $(SERVE_MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT) -w 1
+
+# p50/p99 latency of 1- and 50-row requests against the served champion (bench/serve_bench.py).
+serve-bench:
+	$(BIN)/python bench/serve_bench.py --home $(BENCH_DIR)/serve
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(HOME_ABS)/mlflow.db \

@@ -7,7 +7,9 @@ MLflow are imported inside the tasks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
 import os
 from typing import Any
@@ -23,23 +25,32 @@ DAG_ID = "mtl_retrain"
 POOL = "gpu"  # size 1 by default: training tasks take turns instead of oversubscribing a small machine
 # Celery queue of the training tasks: "gpu" sends them to the GPU worker of docker/compose.yaml.
 TRAIN_QUEUE = os.environ.get("MTL_TRAIN_QUEUE", "default")
-SENSOR_TIMEOUT_S = 6 * 3600
+# A hard cap only: how long a scheduled run waits is the form's `landing_wait_hours` (manual runs never wait).
+SENSOR_TIMEOUT_S = int(form.MAX_WAIT_HOURS * 3600)
+# Several runs may be active: a scheduled slot waiting for its landing day must not hold manual runs. Two
+# runs of one date never interleave (the per-date lock), and training takes turns in the `gpu` pool.
+MAX_ACTIVE_RUNS = 3
 # The lake partition this DAG publishes; downstream DAGs can schedule on it.
 LAKE = Asset(name="mtl_lake_impressions", uri="mtl://lake/impressions", group="mtl")
 
 DAG_DOC = """
 ### Nightly multi-task retraining
 
-Runs at 02:00 UTC for the previous day (the logical date D, `ds`). Steps:
+Runs at 02:00 UTC for the previous day (the logical date D, `ds`, or the form's **date**). Steps:
 
 1. **check_config**: builds the run's config from the form (validated like `mtl --set`; bad values fail at once).
 2. **take_lock**: per-date lease in `<home>/locks/`, so this date never runs twice at once (CLI or Airflow).
-3. **wait_for_landing**: waits (reschedule mode) for `<landing>/impressions/dt=D/_SUCCESS`.
+3. **wait_for_landing**: checks for `<landing>/impressions/dt=D/_SUCCESS`. A scheduled run waits for it (reschedule
+   mode, `landing_wait_hours`) and is then *skipped*; a manual run or backfill fails at once when it is missing.
 4. **ingest** -> **validate** (Great Expectations + contract rules; publishes the day into the lake, Asset
    `mtl_lake_impressions`) -> **features** -> **train_mtl** and **train_baseline** (one mapped task per task,
    pool `gpu`) -> **evaluate** -> **register** (MLflow version + `challenger`; skipped on dry run) -> **promote**
    (moves `champion` when the gate passes; skipped, with the gate's reasons in its log, when it refuses).
 5. **release_lock** (teardown) always runs.
+
+**Re-run a day**: Trigger, set **date** (e.g. 2026-01-15), keep the logical date the form offers. Each run of a
+date replaces that date's run folder and registers a new version (tag `rerun_of`); the champion moves at most
+once per date. The evaluate task's log shows the comparison table; register's log shows MLflow links.
 
 Data errors fail fast without retries; the failed task writes `<home>/runs/<D>/run_summary.json`.
 Same functions as the CLI: `mtl run --landing DIR --date D`.
@@ -71,6 +82,11 @@ def _stage(fn, info: dict[str, Any], *args, **kwargs):
     config, bad data: every MTLError but registry outages and a busy lock) fail at once, without retries."""
     from pipeline.errors import ConcurrentRunError, MTLError, RegistryError
 
+    # MLflow's own handler writes INFO to stderr, which Airflow shows as [error]; without it, its records
+    # reach Airflow's log handler with their real level. Read when mlflow is first imported, in this task.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar is noise in a log file
+
     try:
         return fn(_cfg(info), *args, **kwargs)
     except MTLError as exc:
@@ -86,7 +102,7 @@ def write_summary(context: dict[str, Any]) -> None:
     from pipeline.paths import Layout
 
     ti, run = context.get("ti"), context.get("dag_run")
-    ds = context.get("ds") or "unknown-date"
+    ds = (context.get("params") or {}).get(form.DATE) or context.get("ds") or "unknown-date"
     exc = context.get("exception")
     summary = {
         "dag_id": DAG_ID, "dag_run": getattr(run, "run_id", None), "date": ds,
@@ -124,9 +140,10 @@ def check_config() -> dict:
         cfg = form.config_from_params(ctx["params"], home=home)
     except ConfigError as exc:
         raise AirflowFailException(f"invalid trigger parameters: {exc}") from exc
-    ds = ctx.get("ds")
-    if not ds:  # a REST trigger with logical_date null has no `ds`, so no day to process
-        raise AirflowFailException("this DAG processes one logical date: trigger it with a logical_date")
+    try:  # the form's `date`, else the logical date; a REST trigger with logical_date null needs `date`
+        ds = form.run_date(ctx["params"], ctx.get("ds"))
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
     landing = ctx["params"].get(form.LANDING) or os.environ.get("MTL_LANDING") or os.path.join(home, "landing")
     path = Layout.of(home).run_dir(ds) / CONFIG_FILE
     digest = save_config(cfg, path)
@@ -162,10 +179,24 @@ def take_lock(info: dict) -> str:
 
 @task.sensor(poke_interval=60, timeout=SENSOR_TIMEOUT_S, mode="reschedule")
 def wait_for_landing(info: dict) -> bool:
-    """Wait until the producer marks day D complete: `<landing>/impressions/dt=D/_SUCCESS`."""
+    """Is day D complete (`<landing>/impressions/dt=D/_SUCCESS`)? A scheduled run waits up to the form's
+    `landing_wait_hours` from its start, then is skipped (the producer never delivered: nothing to train on);
+    a manual run or backfill does not wait: a missing marker fails it at once, naming the file."""
+    ctx = get_current_context()
     marker = os.path.join(info["landing"], "impressions", f"dt={info['date']}", "_SUCCESS")
-    log.info("waiting for %s", marker)
-    return os.path.exists(marker)
+    if os.path.exists(marker):
+        return True
+    run = ctx["dag_run"]
+    if str(getattr(run, "run_type", "")).lower().removeprefix("dagruntype.") != "scheduled":
+        raise AirflowFailException(f"landing day {info['date']} is not complete: {marker} does not exist "
+                                   "(manual runs and backfills do not wait; set the form's `date` to a landed day)")
+    hours = float(ctx["params"].get(form.WAIT) or 0)
+    started = getattr(run, "start_date", None) or dt.datetime.now(dt.UTC)
+    if dt.datetime.now(dt.UTC) - started >= dt.timedelta(hours=hours):
+        raise AirflowSkipException(f"landing day {info['date']} never came: no {marker} after {hours:g} h "
+                                   f"(form field `{form.WAIT}`); this slot is skipped")
+    log.info("waiting for %s (up to %g h from the run's start)", marker, hours)
+    return False
 
 
 @task
@@ -182,6 +213,7 @@ def validate(info: dict) -> dict:
     from pipeline.data.validate import validate as run
 
     out = _stage(run, info, info["date"], info["run_id"])
+    log.info("published %s; Data Docs (render offline): file://%s", out.get("published"), out.get("data_docs"))
     get_current_context()["outlet_events"][LAKE].extra = {"published": out.get("published"),
                                                           "home": info["home"]}
     return out
@@ -227,12 +259,29 @@ def train_gbdt(info: dict, task_name: str) -> dict:
     return _train(info, f"gbdt_{task_name}")
 
 
+# none_failed: a baseline list that is empty skips the mapped task (check_config, also upstream, succeeded, so a
+# skipped train_mtl is checked in the task itself).
 @task(trigger_rule="none_failed")
 def evaluate(info: dict) -> dict:
     """Test-window AUC / logloss per task for the MTL model and every baseline -> evaluation.json."""
     from pipeline.evaluation.evaluate import evaluate as run
+    from pipeline.results import report_summary
 
-    return _stage(run, info, info["run_id"])
+    if get_current_context()["ti"].xcom_pull(task_ids="train_mtl") is None:
+        raise AirflowSkipException("train_mtl did not run (e.g. the landing day never came): nothing to evaluate")
+    out = _stage(run, info, info["run_id"])
+    log.info("results of run %s:\n%s", info["run_id"], report_summary(out["report"]))
+    return out
+
+
+class _InfoLines(io.TextIOBase):
+    """A text stream whose lines go to this module's log at INFO."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.info("%s", line)
+        return len(text)
 
 
 @task
@@ -240,10 +289,15 @@ def register(info: dict) -> dict:
     """Log to MLflow, register as `challenger`, record the gate (`champion` moves in `promote`). Skipped on dry
     run."""
     from pipeline.release import register as run
+    from pipeline.results import registration_links
 
     if info["dry_run"]:
         raise AirflowSkipException("dry run: nothing registered")
-    return _stage(run, info, run_id=info["run_id"])
+    # MLflow prints "Successfully registered model ..." to stderr (print, not logging): log it as INFO.
+    with contextlib.redirect_stderr(_InfoLines()):
+        out = _stage(run, info, run_id=info["run_id"])
+    log.info("where to look:\n%s", registration_links(out, os.environ.get("MTL_MLFLOW_UI", "")))
+    return out
 
 
 def _promote_or_skip(cfg, run_id: str) -> dict:
@@ -279,7 +333,7 @@ def release_lock(info: dict) -> bool:
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
     start_date=dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=MAX_ACTIVE_RUNS,
     default_args=DEFAULT_ARGS,
     params=form.airflow_params(landing=os.environ.get("MTL_LANDING", "")),
     doc_md=DAG_DOC,

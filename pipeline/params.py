@@ -2,8 +2,11 @@
 
 A form field's name is its config key with '.' replaced by '__' (`model.name` -> `model__name`), the same
 convention as Airflow's own `AIRFLOW__SECTION__KEY`, so the mapping is mechanical and one-to-one; dots are
-avoided because form libraries read them as nested paths. Two fields are not config keys: `landing` (the
-landing folder) and `overrides` (a list of `key=value` for any config key the form does not show).
+avoided because form libraries read them as nested paths. Four fields are not config keys: `date` (the data
+date to process; empty = the run's logical date, so any day re-runs from the form without a new logical
+date), `landing` (the landing folder), `landing_wait_hours` (how long a scheduled run waits for the day's
+marker) and `overrides` (a list of `key=value` for any config key the form does not show). Optional fields
+have type [..., "null"], which is what makes the form show them as not required.
 
 The field types, defaults and enums come from `pipeline.config`, so the form cannot drift from the config.
 Values are validated by `load_config` (the same validation as the CLI) before any work starts.
@@ -19,9 +22,17 @@ from typing import Any
 
 from pipeline.config import MODEL_NAMES, WEIGHTINGS, Config, load_config, parse_override
 from pipeline.data.schema import TASKS
+from pipeline.errors import ConfigError
+from pipeline.paths import parse_date
 
 LANDING = "landing"
 OVERRIDES = "overrides"
+DATE = "date"
+WAIT = "landing_wait_hours"
+# A scheduled run waits this long for its landing day unless $MTL_LANDING_WAIT_HOURS says otherwise (the demo
+# home sets 0: its catch-up slot for yesterday never lands, and must not sit in the grid for hours).
+DEFAULT_WAIT_HOURS = 6.0
+MAX_WAIT_HOURS = 12.0
 
 
 @dataclass(frozen=True)
@@ -102,12 +113,41 @@ def airflow_params(defaults: Config | None = None, landing: str = "") -> dict[st
             # An items.enum renders as a textarea; examples give a multi-select (Airflow 3.3). load_config checks.
             schema.update(examples=list(TASKS), items={"type": "string"}, minItems=1)
         out[param_name(f.key)] = Param(value, **schema)
-    out[LANDING] = Param(landing, type="string", title="Landing folder",
+    out[DATE] = Param(None, type=["null", "string"], format="date", title="Data date (re-run a day)",
+                      description="The day D to process, YYYY-MM-DD. Empty = the run's logical date. Set it to "
+                                  "re-run a day that already ran: no new logical date needed.")
+    out[LANDING] = Param(landing or None, type=["null", "string"], title="Landing folder",
                          description="Folder in the raw data contract; empty = $MTL_LANDING or <home>/landing.")
-    out[OVERRIDES] = Param([], type="array", items={"type": "string"}, title="Other config overrides",
+    out[WAIT] = Param(wait_hours(), type="number", minimum=0, maximum=MAX_WAIT_HOURS,
+                      title="Scheduled runs: wait for landing (hours)",
+                      description="How long a scheduled run waits for the day's _SUCCESS marker before it is "
+                                  "skipped. Manual runs and backfills never wait: a missing day fails at once.")
+    out[OVERRIDES] = Param([], type=["null", "array"], items={"type": "string"}, title="Other config overrides",
                            description="key=value lines for any config key not in this form, e.g. "
                                        "model.embedding_dim=32. Applied last.")
     return out
+
+
+def wait_hours() -> float:
+    """The form's default wait: $MTL_LANDING_WAIT_HOURS, else DEFAULT_WAIT_HOURS (ConfigError if not a number)."""
+    raw = os.environ.get("MTL_LANDING_WAIT_HOURS", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_WAIT_HOURS
+    except ValueError:
+        raise ConfigError(f"MTL_LANDING_WAIT_HOURS must be a number of hours, got {raw!r}") from None
+    return min(max(value, 0.0), MAX_WAIT_HOURS)
+
+
+def run_date(params: Mapping[str, Any], logical_ds: str | None) -> str:
+    """The data date a run processes: the form's `date`, else the logical date (`ds`); ConfigError naming the
+    field when neither gives a YYYY-MM-DD day."""
+    value = params.get(DATE) or logical_ds
+    if not value:
+        raise ConfigError("no data date: set the form field `date` (YYYY-MM-DD) or trigger with a logical date")
+    try:
+        return parse_date(str(value)).isoformat()
+    except ConfigError:
+        raise ConfigError(f"form field `date`: not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def overrides_from_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FROM_GATE = "champion_from_gate"
+# MLflow 3's UI picks the experiment page by this tag: unset, it may open the GenAI traces page.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -176,7 +178,7 @@ def _experiment_id(client, cfg: Config) -> str:
     # a tracking server chooses its own artifact root.
     if not tracking_uri(cfg).startswith(("http://", "https://", "databricks")):
         location = Layout.of(cfg.home).mlflow_artifacts.as_uri()
-    return client.create_experiment(cfg.registry.experiment, artifact_location=location)
+    return client.create_experiment(cfg.registry.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 def earlier_versions(client, name: str, data_date: str) -> list:
@@ -237,23 +239,66 @@ def move_champion(client, cfg: Config, version: int | str, expected: int | None)
     return now
 
 
+def _log_model_run(client, run_id: str, run_dir: Path, report: dict, name: str) -> None:
+    """Grouped test metrics and, from models/<name>/meta.json, per-epoch histories (step = epoch)."""
+    from mlflow.entities import Metric
+
+    from pipeline import results
+    from pipeline.io import read_json
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in results.model_test_metrics(report, name).items()]
+    meta = run_dir / "models" / name / "meta.json"
+    if meta.is_file():
+        metrics += [Metric(k, v, now, step) for k, v, step in results.epoch_history(read_json(meta))]
+    for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[i:i + 900])
+
+
+def _note(report: dict, tags: dict) -> str:
+    """The run's description (MLflow tag mlflow.note.content): comparison table, gate, where the Data Docs are."""
+    from pipeline import results
+
+    head = f"Run `{tags.get('run_id')}`, data date {report.get('date')}, DAG run `{tags.get('dag_run_id') or 'n/a'}`."
+    return "\n".join([head, "", "### Test AUC: MTL vs references", "",
+                      results.comparison_table(report, markdown=True), "", "### Gate", "",
+                      *[f"- {r}" for r in str(tags.get("gate_reasons") or "").splitlines()], "",
+                      f"Data Docs (Great Expectations, renders offline): artifact `{DATA_DOCS}`."])
+
+
+DATA_DOCS = "validation/data_docs/index.html"
+
+
 def log_version(cfg: Config, client, run_dir: Path, report: dict, tags: dict, metrics: dict[str, float],
                 plots_dir: Path) -> tuple[str, str]:
-    """One MLflow run (params, metrics, report, Data Docs, plots) and the pyfunc model version it registers:
-    -> (MLflow run id, version)."""
+    """One MLflow run (params, grouped metrics with per-epoch curves, report, Data Docs, plots) with one child
+    run per other model of the report (baselines, the re-scored champion) under the same metric names, and the
+    pyfunc model version it registers: -> (MLflow run id, version). Metric names: `pipeline.results`;
+    `metrics` (flat names) is no longer logged, the grouped names replace it (kept so callers need not change)."""
     import mlflow
 
+    from pipeline import results
     from pipeline.serving import pyfunc as serving
 
     exp_id = _experiment_id(client, cfg)
+    for key, value in EXPERIMENT_TAGS.items():  # experiments created before the tag existed get it too
+        client.set_experiment_tag(exp_id, key, value)
+    readable = {"gate_reasons": " | ".join(str(tags.get("gate_reasons") or "").splitlines())}
     with mlflow.start_run(experiment_id=exp_id, run_name=str(tags["run_id"])) as run:
-        mlflow.set_tags({k: str(v)[:4900] for k, v in tags.items() if v is not None})
+        mlflow.set_tags({k: str(v)[:4900] for k, v in {**tags, **readable}.items() if v is not None})
+        mlflow.set_tags({"model": "mtl", "mlflow.note.content": _note(report, tags)[:4900]})
         mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat().items()})
-        mlflow.log_metrics(metrics)
+        _log_model_run(client, run.info.run_id, run_dir, report, "mtl")
+        mlflow.log_metrics(results.compare_metrics(report))
         mlflow.log_artifact(str(run_dir / EVALUATION_FILE))
+        mlflow.log_text("\n".join(str(tags.get("gate_reasons") or "").splitlines()) + "\n", "gate_reasons.txt")
         docs = run_dir / "validation"
         if docs.is_dir():
             mlflow.log_artifacts(str(docs), "validation")
+        for name in sorted(n for n in report["models"] if n != "mtl"):
+            with mlflow.start_run(experiment_id=exp_id, run_name=f"{tags['run_id']} {name}", nested=True) as child:
+                mlflow.set_tags({"model": name, "run_id": str(tags["run_id"]), "data_date": report["date"]})
+                _log_model_run(client, child.info.run_id, run_dir, report, name)
         with tempfile.TemporaryDirectory(prefix="mtl-register-") as tmp:
             tmp = Path(tmp)
             mlflow.log_artifacts(str(plots_dir), "plots")

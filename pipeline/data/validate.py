@@ -14,6 +14,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
+from pipeline.data.docs_offline import localize
 from pipeline.data.ingest import FINGERPRINT_FILE, STAGED_FILE, staging_dir
 from pipeline.errors import DataValidationError, IngestError, RuleFailure
 from pipeline.paths import VALIDATION_DIR, Layout, parse_date
@@ -166,6 +167,7 @@ def validate(cfg, date: str | dt.date, run_id: str | None = None) -> dict:
                ("users", day.isoformat(), users.to_arrow()), ("items", day.isoformat(), items.to_arrow())]
     with atomic_path(out_dir / "data_docs") as tmp:
         gx_failures, gx_stats = run_suites(batches, tmp)
+        localize(tmp)  # GX pages load CSS/JS from CDNs: inline the styles so they render offline
     docs = out_dir / "data_docs" / "index.html"
     failures, drift, stats = _contract_checks(cfg, layout, frames, users, items)
     failures = gx_failures + failures

@@ -185,4 +185,7 @@ def render(cfg: Config, run_dir: Path, report: dict[str, Any], decision, version
     lines += [f"- {r}" for r in tags.get("gate_reasons", "").splitlines()] + [""]
     collapse = (meta.get("diagnostics") or {}).get("expert_collapse") or []
     lines += ["## Diagnostics", "", f"- expert collapse: {collapse or 'none seen'}", ""]
+    docs = Path(run_dir) / "validation" / "data_docs" / "index.html"
+    lines += ["## Data Docs", "", ("Great Expectations validation of the run's days (renders offline): artifact "
+              f"`validation/data_docs/index.html` of this version's MLflow run; on disk `{docs}`."), ""]
     return "\n".join(lines + _lineage(cfg, spec, tags))

@@ -28,6 +28,7 @@ from pipeline.features.history import KEYS, add_history, build_history, feature_
 from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
 from pipeline.io import atomic_path, write_json
 from pipeline.paths import FEATURES_DIR, Layout, parse_date
+from pipeline.progress import bar
 
 SPLITS = ("train", "valid", "test")
 PASSTHROUGH = ("event_id", "request_id", "user_id", "item_id", "surface", "dt", *LABELS)
@@ -320,7 +321,7 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
     spec_splits = {}
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        for split in SPLITS:
+        for split in bar(SPLITS, desc=f"features {run_id}", unit="split"):
             frame = _finalize(train, state) if split == "train" else _transform(split_raw[split], state)
             frame.write_parquet(tmp / f"{split}.parquet")
             spec_splits[split] = {"dates": [x.isoformat() for x in splits[split]], "rows": frame.height,

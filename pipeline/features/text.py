@@ -35,6 +35,8 @@ import numpy as np
 from pipeline.config import TextConfig
 from pipeline.errors import FeatureError
 from pipeline.io import atomic_path
+from pipeline.progress import bar
+from pipeline.progress import enabled as progress_bars
 
 OFFLINE_MINILM = "all-MiniLM-L6-v2"
 ENCODER_INFO = "encoder.json"  # in a fine-tuned encoder's folder: version, base model, training summary
@@ -151,14 +153,14 @@ def embed(texts: list[str], tcfg: TextConfig, encoder: tuple[Any, Any] | None = 
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     start, bs, done_at = time.monotonic(), max(1, tcfg.batch_size), 0.0
     with torch.inference_mode():
-        for b in range(0, len(order), bs):
+        for b in bar(range(0, len(order), bs), desc="text: embedding", unit="batch"):
             idx = order[b:b + bs]
             enc = tokenizer([cut(texts[i], tcfg.max_chars) for i in idx], padding=True, truncation=True,
                             max_length=tcfg.max_length, return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
             out[idx] = mean_pool(hidden, enc["attention_mask"]).float().cpu().numpy()
             now = time.monotonic()
-            if progress and (now - done_at > 5 or b + bs >= len(order)):
+            if progress and not progress_bars() and (now - done_at > 5 or b + bs >= len(order)):
                 done_at, n = now, min(b + bs, len(order))
                 print(f"text: embedded {n}/{len(texts)} texts ({n / max(now - start, 1e-9):.0f}/s)",
                       file=sys.stderr, flush=True)

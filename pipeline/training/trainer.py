@@ -22,6 +22,7 @@ from pipeline.errors import TrainingError
 from pipeline.evaluation.metrics import auc
 from pipeline.features.dataset import TensorData, batches
 from pipeline.io import atomic_path
+from pipeline.progress import bar
 from pipeline.training.losses import masked_bce
 from pipeline.training.weighting import Weighting, make_weighting
 
@@ -168,7 +169,10 @@ def train_epoch(s: Setup, data: TensorData, cfg: TrainConfig, epoch: int, label:
     sums, n_batches, seen = torch.zeros(len(s.model.loss_tasks)), 0, 0
     start = last = time.perf_counter()
     n_steps = math.ceil(len(data) / cfg.batch_size)
-    for step, chunk in enumerate(batches(data, cfg.batch_size, shuffle=True, generator=gen)):
+    chunks = batches(data, cfg.batch_size, shuffle=True, generator=gen)
+    if s.rank == 0:  # one bar per epoch on a terminal (pipeline.progress), nothing in Airflow logs
+        chunks = bar(chunks, total=n_steps, desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch")
+    for step, chunk in enumerate(chunks):
         chunk = _shard(chunk, s.rank, s.world).to(s.device)
         losses, extra = _step_losses(s, chunk, cfg)
         if not bool(torch.isfinite(losses).all()):

@@ -136,6 +136,20 @@ def test_text_finetune_modes(value, mode):
     assert load_config(overrides=[f"text.finetune={value}"]).text.finetune == mode
 
 
+def test_run_date_is_the_form_date_else_the_logical_date(monkeypatch):
+    assert form.run_date({"date": "2026-01-15"}, "2026-12-01") == "2026-01-15"
+    assert form.run_date({"date": None}, "2026-12-01") == "2026-12-01"
+    with pytest.raises(ConfigError, match="`date`.*2026-13-01"):
+        form.run_date({"date": "2026-13-01"}, None)
+    with pytest.raises(ConfigError, match="no data date"):
+        form.run_date({}, None)
+    monkeypatch.setenv("MTL_LANDING_WAIT_HOURS", "0")
+    assert form.airflow_params()[form.WAIT].value == 0
+    monkeypatch.setenv("MTL_LANDING_WAIT_HOURS", "soon")
+    with pytest.raises(ConfigError, match="MTL_LANDING_WAIT_HOURS"):
+        form.wait_hours()
+
+
 def test_readme_documents_every_config_key():
     from pathlib import Path
 

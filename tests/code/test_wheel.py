@@ -48,7 +48,7 @@ def test_wheel_in_a_fresh_venv_runs_the_pipeline_from_another_folder(tmp_path):
     wheel = _build_wheel(tmp_path)
     names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], check=True, capture_output=True,
                            text=True).stdout
-    assert "pipeline/data/expectations/impressions.json" in names and "pipeline/py.typed" in names
+    assert "pipeline/data/expectations/impressions.json" in names and "pipeline/data/static/data_docs_offline.css" in names and "pipeline/py.typed" in names
     venv = _fresh_venv(tmp_path, wheel)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -98,6 +98,7 @@ def standalone(tmp_path_factory, tiny_landing):
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "MTL_HOME": str(root / "home"),
         "MTL_LANDING": str(tiny_landing),
+        "MTL_LANDING_WAIT_HOURS": "0",  # as `make airflow-ui` sets for the demo home
     }
     (root / "airflow").mkdir()
     with open(root / "standalone.log", "wb") as log:
@@ -207,3 +208,48 @@ def test_backfill_three_days(standalone):
     for day in ("2026-01-07", "2026-01-08", "2026-01-09"):
         assert (root / "home" / "runs" / day / "evaluation.json").is_file(), day
         assert not (root / "home" / "runs" / day / "registration.json").exists(), "dry run registered"
+
+
+def _task_states(api: Api, run_id: str) -> dict[str, str]:
+    tis = api.call("GET", f"/api/v2/dags/mtl_retrain/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+    return {t["task_id"]: t["state"] for t in tis if t["map_index"] < 0}
+
+
+def test_rerun_a_finished_day_and_no_silent_waits(standalone):
+    """Last in this file: with this test before the backfill, the scheduler died twice in three tries on SQLite
+    (ObjectDeletedError on a DagRun after `POST /backfills` answered 503 and was retried).
+
+    A finished day (2026-01-10, from the first test) re-runs through the REST API with the form's `date`
+    and no logical date (the same logical date again answers 409); a manual run of a day that never landed
+    fails at once in wait_for_landing; the scheduled slot that unpausing started was skipped, not left waiting."""
+    api, root, _ = standalone
+    conf = {"model__name": "ple", "model__tasks": ["ctr", "cvr"], "train__epochs": 1, "text__enabled": False,
+            "train__baselines": False, "overrides": FAST_CONF}
+    with pytest.raises(urllib.error.HTTPError) as again:
+        api.call("POST", "/api/v2/dags/mtl_retrain/dagRuns", {"logical_date": "2026-01-10T00:00:00Z", "conf": conf})
+    assert again.value.code == 409
+    rerun = api.call("POST", "/api/v2/dags/mtl_retrain/dagRuns",
+                     {"logical_date": None, "conf": {**conf, "date": "2026-01-10"}})
+    missing = api.call("POST", "/api/v2/dags/mtl_retrain/dagRuns",
+                       {"logical_date": None, "conf": {**conf, "date": "2026-03-01"}})
+    assert api.wait("the re-run", lambda: _run_state(api, rerun["dag_run_id"]), 420, every=5) == "success", \
+        (root / "standalone.log").read_text()[-5000:]
+    assert api.wait("the run of a missing day", lambda: _run_state(api, missing["dag_run_id"]), 120) == "failed"
+    states = _task_states(api, missing["dag_run_id"])
+    assert states["wait_for_landing"] == "failed" and states["release_lock"] == "success", states
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'home' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = sorted(client.search_model_versions("name='ecommerce-mtl'"), key=lambda v: int(v.version))
+    assert [v.tags["data_date"] for v in versions] == ["2026-01-10", "2026-01-10"]
+    assert versions[1].tags["rerun_of"] == str(versions[0].version)
+    assert versions[1].tags["dag_run_id"] == rerun["dag_run_id"]
+
+    runs = api.call("GET", "/api/v2/dags/mtl_retrain/dagRuns?limit=50")["dag_runs"]
+    scheduled = [r for r in runs if r["run_type"] == "scheduled"]
+    assert scheduled, "unpausing started no catch-up run"
+    for r in scheduled:
+        assert api.wait("the scheduled run", lambda r=r: _run_state(api, r["dag_run_id"]), 120) == "success"
+        assert _task_states(api, r["dag_run_id"])["wait_for_landing"] == "skipped"

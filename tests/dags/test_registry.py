@@ -212,14 +212,14 @@ def test_version_is_worth_browsing(home, fast_overrides_session):
     card = version.description
     for part in ("# ecommerce-mtl version 1", "## Data", "## Test metrics", "| ctr |", "## Gate", "## Lineage",
                  "dt=2026-01-10", "config hash", "first version", "## Baselines", "`gbdt_ctr`",
-                 "LightGBM baselines for ctr, cart, ctcvr, cvr"):
+                 "## Data Docs", "validation/data_docs/index.html"):
         assert part in card, part
     files = {a.path for a in c.list_artifacts(out["mlflow_run_id"])}
     plots = {a.path for a in c.list_artifacts(out["mlflow_run_id"], "plots")}
     assert {"evaluation.json", "plots", "validation"} <= files
     assert {"plots/roc.png", "plots/calibration.png", "plots/auc_bars.png", "plots/loss_curves.png"} <= plots
     run = c.get_run(out["mlflow_run_id"])
-    assert run.data.params["model.name"] == "mmoe" and "mtl.ctr.auc" in run.data.metrics
+    assert run.data.params["model.name"] == "mmoe" and "test/ctr/auc" in run.data.metrics
     info = mlflow.models.get_model_info(f"models:/{NAME}@champion")
     names = [col.name for col in info.signature.inputs.inputs]
     assert {"event_id", "request_id", "ts", "user_id", "item_id", "surface", "position"} <= set(names)
@@ -232,6 +232,39 @@ def test_version_is_worth_browsing(home, fast_overrides_session):
     assert not list((local / "code").rglob("__pycache__"))
     assert (local / "artifacts" / "bundle" / "features" / "state").is_dir()
     assert not list(local.rglob("*.pkl"))  # built from code on load: no pickle to trust
+
+
+def test_mlflow_runs_as_an_ml_user_expects(home, fast_overrides_session):
+    """Experiment kind for MLflow 3's UI, per-epoch histories (step = epoch) from meta.json, grouped metric
+    names, and each baseline as a child run with the same names (so the compare view lines them up)."""
+    from pipeline.release import register
+
+    out = register(config(home, fast_overrides_session), run_id=DATE)
+    c = client(home)
+    run = c.get_run(out["mlflow_run_id"])
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    report = json.loads((home / "runs" / DATE / "evaluation.json").read_text())
+    meta = json.loads((home / "runs" / DATE / "models" / "mtl" / "meta.json").read_text())
+    for name, want in (("valid/ctr/auc", [(e["epoch"], e["valid"]["auc"]["ctr"]) for e in meta["epochs"]]),
+                       ("train/cvr/loss", [(e["epoch"], e["train_loss"]["cvr"]) for e in meta["epochs"]])):
+        got = sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, name))
+        assert [s for s, _ in got] == [s for s, _ in want] and want, name
+        assert np.allclose([v for _, v in got], [v for _, v in want]), name
+    assert run.data.metrics["test/ctr/auc"] == pytest.approx(report["models"]["mtl"]["ctr"]["overall"]["auc"])
+    assert not [k for k in run.data.metrics if k.startswith("mtl.")], "flat names are gone"
+    reasons = run.data.tags["gate_reasons"]  # one line in the UI, however the gate decided
+    assert "\n" not in reasons and (" ok" in reasons or "FAIL" in reasons)
+    assert "| ctr |" in run.data.tags["mlflow.note.content"]  # the comparison table is the run's description
+    children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    by_model = {r.data.tags["model"]: r for r in children}
+    assert {f"baseline_{t}" for t in ("ctr", "cart", "ctcvr", "cvr")} <= set(by_model)
+    child = by_model["baseline_ctr"]
+    assert child.data.metrics["test/ctr/auc"] == pytest.approx(
+        report["models"]["baseline_ctr"]["ctr"]["overall"]["auc"])
+    base_meta = json.loads((home / "runs" / DATE / "models" / "baseline_ctr" / "meta.json").read_text())
+    history = c.get_metric_history(child.info.run_id, "valid/ctr/auc")
+    assert [m.step for m in history] == [e["epoch"] for e in base_meta["epochs"]]
 
 
 def test_pyfunc_scores_raw_rows_like_the_trainer(home, fast_overrides_session):

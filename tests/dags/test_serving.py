@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from e2e_helpers import REPO
+from test_airflow_ui import _listening_addresses
 from test_registry import DATE, config, register_by_hand
 
 pytestmark = pytest.mark.slow
@@ -97,19 +99,20 @@ def test_mlflow_models_serve_answers_and_rejects_bad_rows(served, tiny_landing, 
     _, home = served
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
-    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
-    # both URIs: an earlier test may have left MLFLOW_REGISTRY_URI (another home) in the environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # `make serve` itself, pointed at this venv and home: it must put the venv's bin on PATH (mlflow starts
+    # `uvicorn` by name), so the PATH given here holds no venv. No MLFLOW_*_URI from the environment either: an
+    # earlier test may have left one (another home) there.
+    venv = Path(sys.executable).parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
     log = tmp_path / "serve.log"
-    mlflow_bin = str(bin_dir / "mlflow")
-    cmd = [mlflow_bin, "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
-           "-p", str(port), "-w", "1"]
+    cmd = ["make", "-s", "-C", str(REPO), "serve", f"VENV={venv}", f"MTL_HOME={home.resolve()}",
+           f"SERVE_PORT={port}"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_up(proc, url, log)
+        assert _listening_addresses(port) == {"0100007F"}, "make serve must listen on 127.0.0.1 only"
         records = _records(tiny_landing, 20)
         status, body = _post(url + "/invocations", {"dataframe_records": records})
         assert status == 200, body

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -93,6 +94,13 @@ def test_good_day_passes_and_publishes(cfg, landing, home, lake_bytes):
     report = json.loads(Path(res["report"]).read_text())
     assert report["success"] and report["failures"] == []
     assert Path(res["data_docs"]).read_text().lstrip().lower().startswith("<!doctype html")
+    # Offline: no page loads a stylesheet or script from the network; styles are inlined in every page.
+    pages = list(Path(res["data_docs"]).parent.rglob("*.html"))
+    assert len(pages) >= 4
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"<(link|script)\b[^>]*(href|src)=[\"']https?://", text), page
+        assert "<style>" in text and ".card-header" in text, page
     fp = json.loads((layout.impressions_dir(D3) / "_FINGERPRINT.json").read_text())
     assert fp == out["fingerprints"][D3] and fp["rows"] == 400
     staged = pl.read_parquet(landing / "impressions" / f"dt={D3}" / "part-0.parquet")

@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "models:/ecommerce-mtl@champion"
 FAST = ["text.enabled=false", "train.epochs=1", "train.threads=2", "gate.max_baseline_regression=1.0",
-        "gate.bootstrap=20", "train.baselines=false"]
+        "gate.bootstrap=20", "train.baselines=false",
+        "train.gbdt_baselines=false"]
 
 
 def build(home: Path, days: int, per_day: int) -> tuple[Path, str]:

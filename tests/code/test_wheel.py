@@ -61,7 +61,7 @@ def test_wheel_in_a_fresh_venv_runs_the_pipeline_from_another_folder(tmp_path):
     subprocess.run([mtl, "generate", "--out", "landing", "--days", "5", "--impressions-per-day", "1500",
                     "--users", "200", "--items", "80", "--start-date", "2026-01-01"], cwd=elsewhere, env=env,
                    check=True, capture_output=True, text=True)
-    sets = ["text.enabled=false", "train.epochs=1", "train.baselines=false", "data.train_days=2",
+    sets = ["text.enabled=false", "train.epochs=1", "train.baselines=false", "train.gbdt_baselines=false", "data.train_days=2",
             "train.threads=1", "gate.bootstrap=0"]
     proc = subprocess.run([mtl, "run", "--landing", "landing", "--date", "2026-01-05", "--home", "home",
                            *[a for s in sets for a in ("--set", s)]], cwd=elsewhere, env=env, capture_output=True,

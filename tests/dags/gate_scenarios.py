@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "ecommerce-mtl"
 # Two test days (about 120 purchases: cvr intervals are still about +-0.06 wide) and 5 train days, so that
 # 2026-01-08 (the backfill day) has a full window in the 10-day tiny landing.
-BASE = ["train.baselines=false", "data.train_days=5", "data.test_days=2"]
+BASE = ["train.baselines=false", "train.gbdt_baselines=false", "data.train_days=5", "data.test_days=2"]
 KINDS = {
     "weak": ["train.lr=0.00001"],
     "strong": ["train.epochs=4", "train.patience=2", "model.embedding_dim=16", "model.expert_hidden=[32]",

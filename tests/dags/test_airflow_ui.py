@@ -23,7 +23,8 @@ from e2e_helpers import REPO
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 FAST_CONF = ["train.batch_size=512", "train.threads=1", "model.embedding_dim=8", "model.num_experts=2",
-             "model.expert_hidden=[16]", "model.tower_hidden=[8]", "gate.bootstrap=20"]
+             "model.expert_hidden=[16]", "model.tower_hidden=[8]", "gate.bootstrap=20",
+             "train.gbdt_baselines=false"]
 
 
 def _free_port() -> int:

@@ -16,7 +16,8 @@ def test_dag_trains_with_torchrun_two_processes(airflow_db, tiny_landing, tmp_ho
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     conf = {"landing": str(tiny_landing), "text__enabled": False, "train__epochs": 1, "dry_run": True,
-            "train__baselines": False, "overrides": [*fast_overrides, "train.nproc_per_node=2"]}
+            "train__baselines": False, "overrides": [*fast_overrides, "train.nproc_per_node=2",
+                                                              "train.gbdt_baselines=false"]}
     dr = bag.dags["mtl_retrain"].test(logical_date=LOGICAL, run_conf=conf)
     assert str(dr.state) == "success"
     run = tmp_home / "runs" / LOGICAL.date().isoformat()

@@ -46,7 +46,7 @@ def run_home(tmp_path_factory, tiny_landing, fast_overrides_session):
     # whatever a 1-epoch model learns (the scoring checks need a champion); the rerun is then refused by the
     # data-date rule. (A 1-epoch model on 21k rows may trail its baselines: tests/dags/test_dag_run.py asserts that
     # refusal, tests/dags/test_registry.py the gate on models whose strength is known.)
-    overrides = [*fast_overrides_session, "train.baselines=false"]
+    overrides = [*fast_overrides_session, "train.baselines=false", "train.gbdt_baselines=false"]
     sets = [a for o in overrides for a in ("--set", o)]
     code = cli.main(["run", "--home", str(home), "--landing", str(tiny_landing), "--date", DAY, *sets])
     assert code == 0
@@ -177,7 +177,7 @@ def test_run_and_score_with_mlflow_on_postgresql(mlflow_on_postgres, tiny_landin
     from mlflow import MlflowClient
 
     uri, artifacts = mlflow_on_postgres
-    overrides = [*fast_overrides_session, "train.baselines=false", f"registry.tracking_uri={uri}"]
+    overrides = [*fast_overrides_session, "train.baselines=false", "train.gbdt_baselines=false", f"registry.tracking_uri={uri}"]
     sets = [a for o in overrides for a in ("--set", o)]
     home = tmp_path / "home"
     code, result, err = _mtl(capsys, "run", "--home", str(home), "--landing", str(tiny_landing), "--date", DAY,

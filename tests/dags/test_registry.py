@@ -120,7 +120,7 @@ def test_gate_scenarios_on_real_models(scenario_home, tmp_path, fast_overrides_s
     from pipeline import cli
 
     argv = ["promote-champion", "--home", str(home), "--run-id", degraded["run"],
-            *[a for o in [*fast, "train.baselines=false"] for a in ("--set", o)]]
+            *[a for o in [*fast, "train.baselines=false", "train.gbdt_baselines=false"] for a in ("--set", o)]]
     assert cli.main(argv) == 2 and aliases(home)["champion"] == 3
 
 

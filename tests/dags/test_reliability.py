@@ -30,7 +30,7 @@ NAME = "ecommerce-mtl"
 TASKS = ("ctr", "cart", "ctcvr", "cvr")
 # The real gate with a known outcome: without baselines, the first version (2026-01-09) has nothing to beat and
 # becomes champion whatever a 1-epoch model learns; the gate itself is tested in test_gate.py / test_registry.py.
-KNOWN_PASS = ("train.baselines=false",)
+KNOWN_PASS = ("train.baselines=false", "train.gbdt_baselines=false")
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -158,7 +158,8 @@ def test_whole_dag_on_two_celery_workers(celery_cluster):
     tis = api.call("GET", f"/api/v2/dags/mtl_retrain/dagRuns/{run['dag_run_id']}/taskInstances?limit=100")
     tis = tis["task_instances"]
     assert {t["state"] for t in tis} <= {"success", "skipped"}, [(t["task_id"], t["state"]) for t in tis]
-    assert {t["hostname"] for t in tis} == set(WORKERS), "every task ran on a Celery worker, both were used"
+    ran = [t for t in tis if t["state"] == "success"]  # a skipped task (e.g. an empty mapping) never ran anywhere
+    assert {t["hostname"] for t in ran} == set(WORKERS), "every task ran on a Celery worker, both were used"
     baselines = [t for t in tis if t["task_id"] == "train_baseline"]
     assert len(baselines) == 3
     pairs = [(a, b) for i, a in enumerate(baselines) for b in baselines[i + 1:]

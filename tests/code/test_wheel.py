@@ -40,7 +40,11 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     Path(site, "outer_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    # --force-reinstall: pip would otherwise skip the wheel when it sees this project's metadata on the path
+    # (the checkout's egg-info through PYTHONPATH, or the outer venv's editable install)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall",
+                    str(wheel)], check=True, env=env)
     return venv
 
 

@@ -5,15 +5,11 @@ encoder vector (not the reserved unknown row), also under `mlflow models serve` 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from test_serving import _free_port, _post, _records, _stop, _wait_up
+from test_serving import _free_port, _models_serve, _post, _records, _stop, _wait_up
 
 pytestmark = pytest.mark.slow
 DATE = "2026-01-10"
@@ -97,15 +93,7 @@ def test_models_serve_embeds_new_titles_with_an_empty_cache(text_run, tiny_landi
     _, home = text_run
     port, log, cache = _free_port(), tmp_path / "serve.log", tmp_path / "empty-cache"
     url = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent
-    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
-    # both URIs: an earlier test may have left MLFLOW_REGISTRY_URI (another home) in the environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
-           "MTL_TEXT_CACHE": str(cache), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
-           "-p", str(port), "-w", "1"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _models_serve(home, port, log, MODEL, MTL_TEXT_CACHE=str(cache))
     try:
         _wait_up(proc, url, log)
         records = _records(tiny_landing, 5)

@@ -73,6 +73,20 @@ def _post(url: str, body: dict) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
+def _models_serve(home: Path, port: int, log: Path, model: str = MODEL, **env: str) -> subprocess.Popen:
+    """`mlflow models serve` of `model` from `home`'s registry on 127.0.0.1:`port` (its own process group), with
+    the venv's bin on PATH (mlflow starts `uvicorn` by name) and extra environment `env`. Both MLflow URIs are
+    set: an earlier test may have left MLFLOW_REGISTRY_URI (another home) in the environment."""
+    bin_dir = Path(sys.executable).parent
+    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    full = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1",
+           "-p", str(port), "-w", "1"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _wait_up(proc: subprocess.Popen, url: str, log: Path, limit: float = 180.0) -> None:
     start = time.monotonic()
     while time.monotonic() - start < limit:

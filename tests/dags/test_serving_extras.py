@@ -4,14 +4,11 @@ overrides) scores through `mtl score` and `mlflow models serve`; a request witho
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-from test_serving import _free_port, _post, _stop, _wait_up
+from test_serving import _free_port, _models_serve, _post, _stop, _wait_up
 
 pytestmark = pytest.mark.slow
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "hillstrom" / "hillstrom.csv"
@@ -88,15 +85,7 @@ def test_models_serve_takes_the_extras_and_names_missing_ones(hillstrom, tmp_pat
     home, landing, dates, _ = hillstrom
     port, log = _free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` from PATH
-    uri = f"sqlite:///{home.resolve() / 'mlflow.db'}"
-    # both URIs: an earlier test may have left MLFLOW_REGISTRY_URI (another home) in the environment
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1",
-           "-p", str(port), "-w", "1"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _models_serve(home, port, log, MODEL)
     try:
         _wait_up(proc, url, log)
         records = _records(landing, dates[-1], 10)

@@ -67,11 +67,20 @@ def _roc(run_dir: Path, report: dict, out: Path, plt) -> None:
                 continue
             fpr, tpr = roc_points(y, f[f"p_{task}"].to_numpy())
             ax.plot(fpr, tpr, label=_label(name))
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
-        ax.set(title=f"ROC {task}", xlabel="FPR", ylabel="TPR")
-        _legend(ax)
+        _diagonal_panel(ax, f"ROC {task}", "FPR", "TPR")
+    _save(fig, out / "roc.png", plt)
+
+
+def _diagonal_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """The y = x reference line (chance for ROC, perfect calibration), labels and legend of one panel."""
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    _legend(ax)
+
+
+def _save(fig, path: Path, plt) -> None:
     fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -83,12 +92,8 @@ def _calibration(report: dict, out: Path, plt) -> None:
             cal = report["models"].get(name, {}).get(task, {}).get("calibration")
             if cal and cal["mean_pred"]:
                 ax.plot(cal["mean_pred"], cal["observed"], marker="o", ms=3, label=_label(name))
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
-        ax.set(title=f"calibration {task}", xlabel="mean predicted", ylabel="observed rate")
-        _legend(ax)
-    fig.tight_layout()
-    fig.savefig(out / "calibration.png", dpi=80)
-    plt.close(fig)
+        _diagonal_panel(ax, f"calibration {task}", "mean predicted", "observed rate")
+    _save(fig, out / "calibration.png", plt)
 
 
 def _bars(report: dict, out: Path, plt) -> None:
@@ -106,9 +111,7 @@ def _bars(report: dict, out: Path, plt) -> None:
     ax.set(ylabel="test AUC", title="MTL vs baselines (DNN, LightGBM) vs champion",
            ylim=(max(0.0, lowest - 0.05), 1.0))
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "auc_bars.png", dpi=80)
-    plt.close(fig)
+    _save(fig, out / "auc_bars.png", plt)
 
 
 def _test_auc(report: dict, name: str, task: str) -> float:
@@ -124,9 +127,7 @@ def _model_plots(meta: dict, out: Path, plt) -> None:
             ax.plot(range(1, len(vals) + 1), vals, marker="o", ms=3, label=task)
         ax.set(title="train loss per epoch", xlabel="epoch", ylabel="loss")
         _legend(ax)
-        fig.tight_layout()
-        fig.savefig(out / "loss_curves.png", dpi=80)
-        plt.close(fig)
+        _save(fig, out / "loss_curves.png", plt)
     gates = (meta.get("diagnostics") or {}).get("gates") or {}
     if gates:
         experts = sorted({e for g in gates.values() for e in g["weights"]})
@@ -137,9 +138,7 @@ def _model_plots(meta: dict, out: Path, plt) -> None:
         ax.set_yticks(range(len(gates)), list(gates), fontsize=7)
         ax.set_title("mean gate weight per expert (valid)", fontsize=8)
         fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        fig.savefig(out / "gates.png", dpi=80)
-        plt.close(fig)
+        _save(fig, out / "gates.png", plt)
 
 
 def make_plots(run_dir: str | Path, report: dict[str, Any], out: str | Path) -> Path:

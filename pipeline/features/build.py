@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +23,23 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import Config
-from pipeline.data.schema import IMPRESSIONS, ITEMS, LABELS, TASKS, USERS
+from pipeline.data.schema import LABELS, TASKS
 from pipeline.errors import FeatureError
 from pipeline.features import context
-from pipeline.features.history import KEYS, add_history, build_history, feature_names
+from pipeline.features.aggregates import ensure_days, write_history
+from pipeline.features.history import add_history, feature_names
 from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
+from pipeline.features.stream import SplitWriter, day_history, distinct_texts, placeholder_history, scan_day
+from pipeline.features.windows import SPLITS, lake_days, split_dates
 from pipeline.io import atomic_path, write_json
 from pipeline.paths import FEATURES_DIR, Layout, parse_date
 from pipeline.progress import bar
 
-SPLITS = ("train", "valid", "test")
 PASSTHROUGH = ("event_id", "request_id", "user_id", "item_id", "surface", "dt", *LABELS)
 BASE_NUMERIC = ("position", "log_price", "price_vs_category")
 TEXT_COLUMNS = ("text__title", "text__query")
 _REQUIRED = ("event_id", "request_id", "ts", "user_id", "item_id", "surface", "query", "position",
              "signup_ts", "title", "category", "shop_id", "price")
-
-
-def split_dates(cfg: Config, date: dt.date | str) -> dict[str, list[dt.date]]:
-    """Windows ending at D: test = last data.test_days days, valid the data.valid_days before, train before."""
-    d, days = parse_date(date), cfg.data
-    lengths = {"test": days.test_days, "valid": days.valid_days, "train": days.train_days}
-    out, end = {}, d
-    for split in ("test", "valid", "train"):
-        out[split] = [end - dt.timedelta(days=i) for i in range(lengths[split] - 1, -1, -1)]
-        end = out[split][0] - dt.timedelta(days=1)
-    return {s: out[s] for s in SPLITS}
 
 
 def transform(raw: pl.DataFrame, state_dir: str | Path) -> pl.DataFrame:
@@ -213,18 +206,6 @@ def _finalize(derived: pl.DataFrame, state: FeatureState) -> pl.DataFrame:
     return derived.select(*[c for c in PASSTHROUGH if c in derived.columns], *cats, *nums, *text)
 
 
-def _lake_days(layout: Layout, splits: dict[str, list[dt.date]], max_window: int) -> list[dt.date]:
-    """Split days (all required) plus the available history days before the train window."""
-    need = [d for s in SPLITS for d in splits[s]]
-    have = set(layout.ingested_dates())
-    missing = [d.isoformat() for d in need if d not in have]
-    if missing:
-        raise FeatureError(f"features for {need[-1]} need lake days {need[0]}..{need[-1]} under {layout.lake}; "
-                           f"missing: {', '.join(missing)}")
-    first = need[0] - dt.timedelta(days=max_window)
-    return sorted(d for d in have if first <= d <= need[-1])
-
-
 def _snapshot(layout: Layout, table: str, date: dt.date) -> pl.DataFrame:
     """The dated snapshot of D, else the latest one before D."""
     folder = layout.lake / table
@@ -235,31 +216,11 @@ def _snapshot(layout: Layout, table: str, date: dt.date) -> pl.DataFrame:
     return pl.read_parquet(layout.snapshot(table, dates[-1]))
 
 
-def _load_raw(layout: Layout, days: list[dt.date], users: pl.DataFrame, items: pl.DataFrame,
-              extra: set[str]) -> pl.DataFrame:
-    """Impressions of `days` joined with the snapshots; contract columns plus declared extras only."""
-    frames = []
-    for d in days:
-        if not any(layout.impressions_dir(d).glob("*.parquet")):
-            raise FeatureError(f"lake day {d} has no Parquet files in {layout.impressions_dir(d)}")
-        lf = pl.scan_parquet(str(layout.impressions_dir(d) / "*.parquet"))
-        names = lf.collect_schema().names()
-        keep = [c for c in IMPRESSIONS.names if c in names] + sorted(extra & set(names) - set(IMPRESSIONS.names))
-        frames.append(lf.select(keep))
-    imp = pl.concat(frames, how="diagonal_relaxed").collect()
-    if imp.height == 0:
-        raise FeatureError(f"no impressions in lake days {days[0]}..{days[-1]}")
-    u_keep = [c for c in users.columns if c in USERS.names or c in extra]
-    i_keep = [c for c in items.columns if c in ITEMS.names or c in extra]
-    raw = (imp.join(users.select(u_keep), on="user_id", how="left", maintain_order="left")
-           .join(items.select(i_keep), on="item_id", how="left", maintain_order="left"))
-    return raw.with_columns(pl.col("ts").dt.convert_time_zone("UTC").dt.date().alias("dt"))
-
-
-def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFrame], date: dt.date,
-                items: pl.DataFrame, layout: Layout) -> FeatureState:
-    """Everything but vocabularies and stats: history tables, category prices, text table (embedded with the
-    contrastively fine-tuned encoder when text.finetune=contrastive: pairs of the train window only)."""
+def _base_state(cfg: Config, layout: Layout, splits: dict[str, list[dt.date]], date: dt.date,
+                scan: Callable[[dt.date], pl.LazyFrame], items: pl.DataFrame) -> FeatureState:
+    """Everything but vocabularies and stats: history settings, category prices, text table (embedded with the
+    contrastively fine-tuned encoder when text.finetune=contrastive: pairs of the train window only; that
+    option collects the train window's rows). The text table holds the sorted distinct texts of the splits."""
     from pipeline.features.finetune import run_encoder
     from pipeline.features.text import TextTable, encoder_info, encoder_key, model_dim
 
@@ -274,18 +235,17 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFram
                             "groups": {"context": f.context, "lexical": f.lexical}}
     state = FeatureState(meta, {}, cat_price)
     if f.history:
-        state.history = build_history(raw.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS,
-                                                 "price"), f.history_windows, f.smoothing)
+        state.history = placeholder_history(f.history_windows, f.smoothing)
         numeric += feature_names(f.history_windows)
     if cfg.text.enabled:
-        tcfg = run_encoder(cfg.text, layout.text_encoders, split_raw["train"], date, cfg.train.seed)
+        train = (pl.concat([scan(d) for d in splits["train"]], how="diagonal_relaxed").collect()
+                 if cfg.text.finetune == "contrastive" else None)
+        tcfg = run_encoder(cfg.text, layout.text_encoders, train, date, cfg.train.seed)
         dim = model_dim(tcfg)
         meta["text"] = {**dataclasses.asdict(tcfg), "dim": dim, "encoder_key": encoder_key(tcfg),
                         "encoder": encoder_info(tcfg)}
         state.text, state.cache_dir = TextTable.empty(dim), layout.text_cache / encoder_key(tcfg)
-        texts = pl.concat(split_raw.values()).select(pl.concat_list("title", "query").explode().drop_nulls()
-                                                     .unique().sort())
-        state.text.add(texts.to_series().to_list(), tcfg, state.cache_dir)
+        state.text.add(distinct_texts(layout, [d for s in SPLITS for d in splits[s]], items), tcfg, state.cache_dir)
         numeric.append("query_title_cos")
     numeric += context.names(meta["groups"])
     meta["numeric"] = numeric
@@ -301,35 +261,77 @@ def _label_rates(frame: pl.DataFrame) -> dict[str, float | None]:
 
 
 def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) -> dict[str, Any]:
-    """Write runs/<run_id>/features/{train,valid,test}.parquet, feature_spec.json and state/ (atomically)."""
+    """Write runs/<run_id>/features/{train,valid,test}.parquet, feature_spec.json and state/ (atomically).
+
+    One lake day at a time: the missing per-day aggregates are built first (history reads them); the train
+    days are derived once into scratch files, vocabularies and stats are fit on those, then every split is
+    written one row group per day."""
     d = parse_date(date)
     run_id = run_id or d.isoformat()
     layout = Layout.of(cfg.home)
     splits = split_dates(cfg, d)
-    days = _lake_days(layout, splits, max(cfg.features.history_windows) if cfg.features.history else 0)
+    days = lake_days(layout, splits, max(cfg.features.history_windows) if cfg.features.history else 0)
     users, items = _snapshot(layout, "users", d), _snapshot(layout, "items", d)
     extra = set(cfg.features.categorical) | set(cfg.features.numeric)
-    raw = _load_raw(layout, days, users, items, extra)
-    split_raw = {s: raw.filter(pl.col("dt").is_in(splits[s])) for s in SPLITS}
-    if split_raw["train"].height == 0:
+    scan = functools.partial(scan_day, layout, users=users, items=items, extra=extra)
+    if sum(scan(x).select(pl.len()).collect().item() for x in splits["train"]) == 0:
         raise FeatureError(f"train window {splits['train'][0]}..{splits['train'][-1]} has no impressions")
-    state = _base_state(cfg, raw, split_raw, d, items, layout)
-    train = _derive(split_raw["train"], state)
-    state.vocabs = fit_vocabs(train, state.meta["categorical"], cfg.features.min_count)
-    state.meta["stats"] = fit_stats(train, state.meta["numeric"])
+    if cfg.features.history:
+        ensure_days(layout, days)
+    state = _base_state(cfg, layout, splits, d, scan, items)
+    derive = functools.partial(_derive_day, layout=layout, days=days, scan=scan, state=state)
     out = layout.run_dir(run_id) / FEATURES_DIR
     spec_splits = {}
     with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        for split in bar(SPLITS, desc=f"features {run_id}", unit="split"):
-            frame = _finalize(train, state) if split == "train" else _transform(split_raw[split], state)
-            frame.write_parquet(tmp / f"{split}.parquet")
-            spec_splits[split] = {"dates": [x.isoformat() for x in splits[split]], "rows": frame.height,
-                                  "label_rates": _label_rates(frame)}
-        state.save(tmp / "state")
+        scratch = tmp / "_train_derived"
+        scratch.mkdir(parents=True)
+        for day in bar(splits["train"], desc=f"features {run_id} (fit)", unit="day"):
+            derive(day).write_parquet(scratch / f"{day}.parquet")
+        _fit(state, sorted(scratch.glob("*.parquet")), cfg.features.min_count)
+        for split in SPLITS:
+            writer = SplitWriter(tmp / f"{split}.parquet")
+            for day in bar(splits[split], desc=f"features {run_id} ({split})", unit="day"):
+                derived = pl.read_parquet(scratch / f"{day}.parquet") if split == "train" else derive(day)
+                writer.write(_finalize(derived, state))
+            writer.close()
+            spec_splits[split] = {"dates": [x.isoformat() for x in splits[split]], "rows": writer.rows,
+                                  "label_rates": writer.label_rates()}
+        shutil.rmtree(scratch)
+        _save_state(state, layout, days, tmp / "state")
         write_json(tmp / "feature_spec.json", _spec(cfg, state, spec_splits))
     return {"run_id": run_id, "spec": str(out / "feature_spec.json"),
             "rows": {s: v["rows"] for s, v in spec_splits.items()}}
+
+
+def _derive_day(day: dt.date, layout: Layout, days: list[dt.date], scan: Callable[[dt.date], pl.LazyFrame],
+                state: FeatureState) -> pl.DataFrame:
+    """`_derive` of one lake day's raw rows, history from the per-day aggregates before it."""
+    raw = scan(day).collect()
+    if state.history is not None:
+        hist = day_history(layout, days, day, raw, state.history.windows, state.history.smoothing)
+        state.history_for = lambda _day: hist
+    return _derive(raw, state)
+
+
+def _fit(state: FeatureState, files: list[Path], min_count: int) -> None:
+    """Vocabularies and numeric stats of the derived train days, one column at a time."""
+    meta, vocabs, stats = state.meta, {}, {}
+    for name in meta["categorical"]:
+        vocabs.update(fit_vocabs(pl.read_parquet(files, columns=[f"c:{name}"]), [name], min_count))
+    for name in meta["numeric"]:
+        stats.update(fit_stats(pl.read_parquet(files, columns=[f"n:{name}"]), [name]))
+    state.vocabs, meta["stats"] = vocabs, stats
+
+
+def _save_state(state: FeatureState, layout: Layout, days: list[dt.date], folder: Path) -> None:
+    """state/ with the history of every lake day the build read, concatenated from the per-day aggregates."""
+    hist, state.history, state.history_for = state.history, None, None
+    try:
+        state.save(folder)
+    finally:
+        state.history = hist
+    if hist is not None:
+        write_history(layout, days, folder / "history")
 
 
 def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str, Any]:

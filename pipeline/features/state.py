@@ -143,7 +143,9 @@ def fit_stats(frame: pl.DataFrame, names: list[str]) -> dict[str, list[float]]:
     out = {}
     for name in names:
         col = pl.col(f"n:{name}")
-        finite = frame.select(col.filter(col.is_finite()))
+        # One contiguous column: the float sums then do not depend on how the frame was chunked (whole window
+        # in memory or read back day by day), so both builds give the same stats to the last bit.
+        finite = frame.select(col.filter(col.is_finite())).rechunk()
         mean, std = finite.select(col.mean()).item(), finite.select(col.std()).item()
         mean = float(mean) if mean is not None else 0.0
         std = float(std) if std is not None and std > 1e-12 else 1.0

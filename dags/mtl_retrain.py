@@ -43,7 +43,8 @@ Runs at 02:00 UTC for the previous day (the logical date D, `ds`, or the form's 
 3. **wait_for_landing**: checks for `<landing>/impressions/dt=D/_SUCCESS`. A scheduled run waits for it (reschedule
    mode, `landing_wait_hours`) and is then *skipped*; a manual run or backfill fails at once when it is missing.
 4. **ingest** -> **validate** (Great Expectations + contract rules; publishes the day into the lake, Asset
-   `mtl_lake_impressions`) -> **features** -> **train_mtl** and **train_baseline** (one mapped task per task,
+   `mtl_lake_impressions`) -> **aggregate** (one mapped task per lake day the features read: its history
+   count tables, built once) -> **features** -> **train_mtl** and **train_baseline** (one mapped task per task,
    pool `gpu`) -> **evaluate** -> **register** (MLflow version + `challenger`; skipped on dry run) -> **promote**
    (moves `champion` when the gate passes; skipped, with the gate's reasons in its log, when it refuses).
 5. **release_lock** (teardown) always runs.
@@ -219,7 +220,29 @@ def validate(info: dict) -> dict:
     return out
 
 
-@task
+@task(retries=0)
+def aggregate_days(info: dict) -> list[str]:
+    """The lake days whose per-day history aggregates the features of D read (none with history off)."""
+    from pipeline.features.aggregates import aggregate_days as days
+
+    return _stage(days, info, info["date"])
+
+
+# Mapped tasks do not take their docstring as doc_md.
+aggregate_doc = ("Write one lake day's history count tables under `lake/_aggregates/dt=D/` (one mapped task "
+                 "instance per day the features read; a no-op for a day already built from the same data).")
+
+
+@task(doc_md=aggregate_doc)
+def aggregate(info: dict, day: str) -> dict:
+    from pipeline.features.aggregates import build_day_aggregates
+
+    return _stage(build_day_aggregates, info, day)
+
+
+# none_failed_min_one_success: with history off the aggregate list is empty and its mapped task is skipped;
+# validate (also upstream) must still have succeeded, so a skipped night (no landing day) skips this too.
+@task(trigger_rule="none_failed_min_one_success")
 def features(info: dict) -> dict:
     """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
     from pipeline.features.build import build_features
@@ -347,8 +370,13 @@ def mtl_retrain():
     baselines = train_baseline.partial(info=info).expand(task_name=baseline_tasks(info))
     gbdts = train_gbdt.partial(info=info).expand(task_name=gbdt_tasks(info))
     done = promote(info)
-    chain(info, lock, wait_for_landing(info), ingest(info), validate(info), features(info), [mtl, baselines, gbdts],
-          evaluate(info), register(info), done)
+    published = validate(info)
+    days = aggregate_days(info)
+    aggregates = aggregate.partial(info=info).expand(day=days)
+    feats = features(info)
+    chain(info, lock, wait_for_landing(info), ingest(info), published, days, aggregates, feats,
+          [mtl, baselines, gbdts], evaluate(info), register(info), done)
+    published >> feats
     done >> release_lock(info).as_teardown(setups=lock)
 
 

@@ -68,6 +68,12 @@ def cmd_validate(args):
     return validate(_cfg(args), _need(args, "date"), args.run_id)
 
 
+def cmd_aggregate(args):
+    from pipeline.features.aggregates import build_day_aggregates
+
+    return build_day_aggregates(_cfg(args), _need(args, "date"))
+
+
 def cmd_features(args):
     from pipeline.features.build import build_features
 
@@ -191,6 +197,11 @@ def _add_data_commands(sub, common) -> None:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
         _stage_args(p)
         p.set_defaults(func=func)
+    text = ("write the history count tables of published lake day D once under lake/_aggregates/dt=D/ (a no-op "
+            "when they match the day's fingerprint and items snapshot; features builds missing days itself)")
+    p = sub.add_parser("aggregate", parents=[common], help=text, description=text)
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="the lake day D")
+    p.set_defaults(func=cmd_aggregate)
 
 
 def _add_model_commands(sub, common) -> None:

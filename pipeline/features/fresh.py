@@ -6,11 +6,12 @@ wherever it has published them, and from the bundled snapshot otherwise:
 
     history_for_day(bundled, home, day) -> History   # days day-w .. day-1 (w = the longest window)
 
-Each lake day is counted once (`lake_day_counts`, cached by the partition's fingerprint) with the same
-`build_history` that training uses, joined with the lake's newest items snapshot (training joins its run
-date's snapshot, the newest one when it runs), so for days the bundle also holds the counts are the same,
-to the last bit (integer sums). The merged History of a request day is cached too, keyed by the
-fingerprints it was built from: a republished day invalidates it.
+Each lake day's counts are the lake's per-day aggregates (`lake_day_counts` ->
+`pipeline.features.aggregates.read_day`: the stored tables when current, else computed the same way), the very
+tables training concatenates, so for days the bundle also holds the counts are the same, to the last bit
+(integer sums). They are cached in memory by the partition's fingerprint and the day's items snapshot; the
+merged History of a request day is cached too, keyed by what it was built from: a republished day
+invalidates it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.data.schema import LABELS
-from pipeline.features.history import KEYS, History, build_history
+from pipeline.features.aggregates import items_snapshot_for, read_day
+from pipeline.features.history import KEYS, History
 from pipeline.paths import Layout, parse_date
 
 _LOCK = threading.Lock()
-_DAYS: OrderedDict[tuple, History] = OrderedDict()  # one lake day's counts, by (partition, fingerprint, items)
+_DAYS: OrderedDict[tuple, History] = OrderedDict()  # one lake day's counts, by `_day_id`
 _MERGED: OrderedDict[tuple, History] = OrderedDict()  # a request day's window, by the days it was built from
 _MAX_DAYS, _MAX_MERGED = 128, 8
 
@@ -54,18 +55,16 @@ def _fingerprint(layout: Layout, day: dt.date) -> str | None:
     return path.read_text() if path.is_file() else None
 
 
-def lake_day_counts(layout: Layout, day: dt.date, items: Path, windows: tuple[int, ...],
-                    smoothing: float) -> History:
-    """The per-day count tables of one published lake day (build_history over its impressions joined with the
-    `items` snapshot). The one place fresh history is read: a store of per-day aggregates in the lake can
-    replace this body without touching its callers."""
-    keys = sorted({c for cols in KEYS.values() for c in cols} - {"shop_id", "category"})
-    imp = pl.scan_parquet(str(layout.impressions_dir(day) / "*.parquet")).select("ts", *keys, *LABELS).collect()
-    snap = pl.read_parquet(items, columns=["item_id", "shop_id", "category", "price"])
-    rows = (imp.join(snap, on="item_id", how="left", maintain_order="left")
-            .with_columns(pl.col("ts").dt.convert_time_zone("UTC").dt.date().alias("dt")))
-    return build_history(rows.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS, "price"),
-                         windows, smoothing)
+def lake_day_counts(layout: Layout, day: dt.date) -> History:
+    """The per-day count tables of one published lake day: its aggregates (pipeline.features.aggregates)."""
+    return read_day(layout, day)
+
+
+def _day_id(layout: Layout, day: dt.date, fingerprint: str) -> tuple:
+    """What a day's counts depend on, cheaply: the partition's fingerprint and its items snapshot file."""
+    items = items_snapshot_for(layout, day)
+    st = items.stat()
+    return (str(layout.impressions_dir(day)), fingerprint, str(items), st.st_mtime_ns, st.st_size)
 
 
 def history_for_day(bundled: History, home: str | Path | None, day: dt.date) -> History:
@@ -77,21 +76,19 @@ def history_for_day(bundled: History, home: str | Path | None, day: dt.date) -> 
     longest = max(bundled.windows)
     window = [day - dt.timedelta(days=i) for i in range(longest, 0, -1)]
     prints = {d: p for d in window if (p := _fingerprint(layout, d)) is not None}
-    items = newest_snapshot(layout, "items")
-    if not prints or items is None:
+    if not prints or newest_snapshot(layout, "items") is None:
         return bundled
-    items_id = (str(items), items.stat().st_mtime_ns)
-    key = (id(bundled), str(layout.home), day, items_id, tuple(sorted(prints.items())))
+    ids = {d: _day_id(layout, d, fp) for d, fp in prints.items()}
+    key = (id(bundled), str(layout.home), day, tuple(sorted(ids.items())))
     with _LOCK:
         if key in _MERGED:
             return _MERGED[key]
     fresh = {}
-    for d, fp in prints.items():
-        day_key = (str(layout.impressions_dir(d)), fp, items_id, bundled.windows, bundled.smoothing)
+    for d, day_key in ids.items():
         with _LOCK:
             got = _DAYS.get(day_key)
         if got is None:
-            got = lake_day_counts(layout, d, items, bundled.windows, bundled.smoothing)
+            got = lake_day_counts(layout, d)
             with _LOCK:
                 _remember(_DAYS, day_key, got, _MAX_DAYS)
         fresh[d] = got

@@ -11,7 +11,7 @@ import pytest
 from pipeline import cli
 from pipeline.lock import run_lock
 
-COMMANDS = ["generate", "import", "ingest", "validate", "features", "train", "evaluate", "register", "run",
+COMMANDS = ["generate", "import", "ingest", "validate", "aggregate", "features", "train", "evaluate", "register", "run",
             "show", "score", "promote", "rollback"]
 HEAVY = ("torch", "mlflow", "great_expectations", "polars", "transformers", "airflow")
 

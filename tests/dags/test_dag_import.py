@@ -74,6 +74,11 @@ def test_schedule_retries_and_structure():
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     assert isinstance(tasks["train_gbdt"], MappedOperator)
+    # The per-day history aggregates: one mapped task per day the features read, between validate and features.
+    assert isinstance(tasks["aggregate"], MappedOperator)
+    assert tasks["aggregate"].upstream_task_ids >= {"aggregate_days"}
+    assert "validate" in tasks["aggregate_days"].upstream_task_ids
+    assert {"aggregate", "validate"} <= tasks["features"].upstream_task_ids
     assert isinstance(tasks["train_baseline"], MappedOperator) and not isinstance(tasks["train_mtl"], MappedOperator)
 
 

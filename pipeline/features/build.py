@@ -26,17 +26,17 @@ from pipeline.config import Config
 from pipeline.data.schema import LABELS, TASKS
 from pipeline.errors import FeatureError
 from pipeline.features import context
-from pipeline.features.aggregates import ensure_days, write_history
+from pipeline.features.aggregates import ensure_days
+from pipeline.features.fitstate import base_state, fit, save_state
 from pipeline.features.history import add_history, feature_names
-from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
-from pipeline.features.stream import SplitWriter, day_history, distinct_texts, placeholder_history, scan_day
+from pipeline.features.state import FeatureState
+from pipeline.features.stream import SplitWriter, day_history, scan_day
 from pipeline.features.windows import SPLITS, lake_days, split_dates
 from pipeline.io import atomic_path, write_json
 from pipeline.paths import FEATURES_DIR, Layout, parse_date
 from pipeline.progress import bar
 
 PASSTHROUGH = ("event_id", "request_id", "user_id", "item_id", "surface", "dt", *LABELS)
-BASE_NUMERIC = ("position", "log_price", "price_vs_category")
 TEXT_COLUMNS = ("text__title", "text__query")
 _REQUIRED = ("event_id", "request_id", "ts", "user_id", "item_id", "surface", "query", "position",
              "signup_ts", "title", "category", "shop_id", "price")
@@ -216,42 +216,6 @@ def _snapshot(layout: Layout, table: str, date: dt.date) -> pl.DataFrame:
     return pl.read_parquet(layout.snapshot(table, dates[-1]))
 
 
-def _base_state(cfg: Config, layout: Layout, splits: dict[str, list[dt.date]], date: dt.date,
-                scan: Callable[[dt.date], pl.LazyFrame], items: pl.DataFrame) -> FeatureState:
-    """Everything but vocabularies and stats: history settings, category prices, text table (embedded with the
-    contrastively fine-tuned encoder when text.finetune=contrastive: pairs of the train window only; that
-    option collects the train window's rows). The text table holds the sorted distinct texts of the splits."""
-    from pipeline.features.finetune import run_encoder
-    from pipeline.features.text import TextTable, encoder_info, encoder_key, model_dim
-
-    f = cfg.features
-    cat_price = (items.group_by("category").agg(pl.col("price").cast(pl.Float64).median().log().alias("log_median")))
-    declared = [c for c in dict.fromkeys(f.numeric) if c not in BASE_NUMERIC]  # a base name is derived once
-    numeric = [*BASE_NUMERIC, *declared]
-    meta: dict[str, Any] = {"categorical": list(dict.fromkeys([*f.categorical, "hour"])), "numeric_inputs": declared,
-                            "min_count": f.min_count, "stats": {}, "text": None,
-                            "history": {"enabled": f.history, "windows": list(f.history_windows),
-                                        "smoothing": f.smoothing},
-                            "groups": {"context": f.context, "lexical": f.lexical}}
-    state = FeatureState(meta, {}, cat_price)
-    if f.history:
-        state.history = placeholder_history(f.history_windows, f.smoothing)
-        numeric += feature_names(f.history_windows)
-    if cfg.text.enabled:
-        train = (pl.concat([scan(d) for d in splits["train"]], how="diagonal_relaxed").collect()
-                 if cfg.text.finetune == "contrastive" else None)
-        tcfg = run_encoder(cfg.text, layout.text_encoders, train, date, cfg.train.seed)
-        dim = model_dim(tcfg)
-        meta["text"] = {**dataclasses.asdict(tcfg), "dim": dim, "encoder_key": encoder_key(tcfg),
-                        "encoder": encoder_info(tcfg)}
-        state.text, state.cache_dir = TextTable.empty(dim), layout.text_cache / encoder_key(tcfg)
-        state.text.add(distinct_texts(layout, [d for s in SPLITS for d in splits[s]], items), tcfg, state.cache_dir)
-        numeric.append("query_title_cos")
-    numeric += context.names(meta["groups"])
-    meta["numeric"] = numeric
-    return state
-
-
 def _label_rates(frame: pl.DataFrame) -> dict[str, float | None]:
     out = {}
     for name, task in TASKS.items():
@@ -278,7 +242,7 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
         raise FeatureError(f"train window {splits['train'][0]}..{splits['train'][-1]} has no impressions")
     if cfg.features.history:
         ensure_days(layout, days)
-    state = _base_state(cfg, layout, splits, d, scan, items)
+    state = base_state(cfg, layout, splits, d, scan, items)
     derive = functools.partial(_derive_day, layout=layout, days=days, scan=scan, state=state)
     out = layout.run_dir(run_id) / FEATURES_DIR
     spec_splits = {}
@@ -287,7 +251,7 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
         scratch.mkdir(parents=True)
         for day in bar(splits["train"], desc=f"features {run_id} (fit)", unit="day"):
             derive(day).write_parquet(scratch / f"{day}.parquet")
-        _fit(state, sorted(scratch.glob("*.parquet")), cfg.features.min_count)
+        fit(state, sorted(scratch.glob("*.parquet")), cfg.features.min_count)
         for split in SPLITS:
             writer = SplitWriter(tmp / f"{split}.parquet")
             for day in bar(splits[split], desc=f"features {run_id} ({split})", unit="day"):
@@ -297,7 +261,7 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
             spec_splits[split] = {"dates": [x.isoformat() for x in splits[split]], "rows": writer.rows,
                                   "label_rates": writer.label_rates()}
         shutil.rmtree(scratch)
-        _save_state(state, layout, days, tmp / "state")
+        save_state(state, layout, days, tmp / "state")
         write_json(tmp / "feature_spec.json", _spec(cfg, state, spec_splits))
     return {"run_id": run_id, "spec": str(out / "feature_spec.json"),
             "rows": {s: v["rows"] for s, v in spec_splits.items()}}
@@ -311,27 +275,6 @@ def _derive_day(day: dt.date, layout: Layout, days: list[dt.date], scan: Callabl
         hist = day_history(layout, days, day, raw, state.history.windows, state.history.smoothing)
         state.history_for = lambda _day: hist
     return _derive(raw, state)
-
-
-def _fit(state: FeatureState, files: list[Path], min_count: int) -> None:
-    """Vocabularies and numeric stats of the derived train days, one column at a time."""
-    meta, vocabs, stats = state.meta, {}, {}
-    for name in meta["categorical"]:
-        vocabs.update(fit_vocabs(pl.read_parquet(files, columns=[f"c:{name}"]), [name], min_count))
-    for name in meta["numeric"]:
-        stats.update(fit_stats(pl.read_parquet(files, columns=[f"n:{name}"]), [name]))
-    state.vocabs, meta["stats"] = vocabs, stats
-
-
-def _save_state(state: FeatureState, layout: Layout, days: list[dt.date], folder: Path) -> None:
-    """state/ with the history of every lake day the build read, concatenated from the per-day aggregates."""
-    hist, state.history, state.history_for = state.history, None, None
-    try:
-        state.save(folder)
-    finally:
-        state.history = hist
-    if hist is not None:
-        write_history(layout, days, folder / "history")
 
 
 def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,9 @@ def test_dag_run_registers_a_challenger_and_skips_promote_on_a_refused_gate(airf
     assert {s for s in states.values()} == {"success"}, states
     assert sum(k.startswith("train_baseline[") for k in states) == 4
     assert sum(k.startswith("train_gbdt[") for k in states) == 4
+    # One mapped aggregate task per lake day the features read; each wrote its day's tables into the lake.
+    aggregated = sorted(p.name[3:] for p in (tmp_home / "lake" / "_aggregates").glob("dt=*"))
+    assert sum(k.startswith("aggregate[") for k in states) == len(aggregated) > 1 and LAST_DATE in aggregated
     assert not list((tmp_home / "locks").glob("*.lock")), "the run lock was not released"
     events = _asset_events("mtl_lake_impressions")
     assert events and LAST_DATE in events[-1]["published"], events

@@ -13,7 +13,8 @@ from pipeline.config import Config
 from pipeline.data.schema import IMPRESSIONS, ITEMS, LABELS, USERS
 from pipeline.errors import FeatureError
 from pipeline.features import context
-from pipeline.features.build import BASE_NUMERIC, SPLITS, _derive, _finalize, _label_rates, _snapshot, _spec, _transform
+from pipeline.features.build import SPLITS, _derive, _finalize, _label_rates, _snapshot, _spec, _transform
+from pipeline.features.fitstate import BASE_NUMERIC
 from pipeline.features.history import KEYS, build_history, feature_names
 from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
 from pipeline.features.windows import lake_days as _lake_days

@@ -4,23 +4,18 @@ legacy_features.py): same history tables, same feature files, same state, exactl
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from legacy_features import legacy_build_features
+from test_features import LAST, make_lake
 
 from pipeline.config import load_config
-from pipeline.features.aggregates import (aggregate_days, build_day_aggregates, day_dir, read_day,
-                                          source_key)
+from pipeline.features.aggregates import aggregate_days, build_day_aggregates, day_dir, read_day, source_key
 from pipeline.features.build import build_features
 from pipeline.features.history import KEYS, History, build_history
 from pipeline.paths import Layout
-
-sys.path.insert(0, str(Path(__file__).parent))
-from legacy_features import legacy_build_features  # noqa: E402
-from test_features import LAST, make_lake  # noqa: E402
 
 OVERRIDES = ["text.enabled=false", "features.history_windows=[1,3]", "data.train_days=4"]
 

@@ -62,6 +62,9 @@ class FeatureConfig:
     # on the generated log (mean test AUC -0.002 with it, bench/quality_bench.py --ablate).
     context: bool = False
     lexical: bool = True  # query-title word overlap, coverage, unmatched words, brand in query (search rows)
+    # Behaviour sequence: the user's last N clicked items before the row's day (pipeline.features.sequences),
+    # pooled by target attention against the candidate item; 0 = off.
+    sequence_length: int = 0
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,9 @@ def validate_config(cfg: Config) -> None:
     _check(all(0 <= b[0] <= 1 <= b[1] for b in (v.row_count_band, v.label_rate_band)),
            "validation.row_count_band / label_rate_band must be (low <= 1, high >= 1)")
     _check(all(w >= 1 for w in cfg.features.history_windows), "features.history_windows must be >= 1 day")
+    _check(0 <= cfg.features.sequence_length <= 100, "features.sequence_length must be in [0, 100] (0 = off)")
+    _check(not cfg.features.sequence_length or "item_id" in cfg.features.categorical,
+           "features.sequence_length > 0 needs item_id in features.categorical (the sequence shares its vocabulary)")
     _check(cfg.registry.connect_retries >= 1 and cfg.registry.retry_wait_s >= 0,
            "registry.connect_retries must be >= 1 and registry.retry_wait_s >= 0")
     g = cfg.gate

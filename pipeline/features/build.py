@@ -23,7 +23,7 @@ import polars as pl
 from pipeline.config import Config
 from pipeline.data.schema import IMPRESSIONS, ITEMS, LABELS, TASKS, USERS
 from pipeline.errors import FeatureError
-from pipeline.features import context
+from pipeline.features import context, sequences
 from pipeline.features.history import KEYS, add_history, build_history, feature_names
 from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
 from pipeline.io import atomic_path, write_json
@@ -96,6 +96,8 @@ def serve_features(raw: pl.DataFrame, state_dir: str | Path, text_cache: str | P
             state.text = _load_state(str(path), meta.stat().st_mtime_ns).text.copy()
         if state.history is not None:
             state.history_for = functools.partial(history_for_day, state.history, home)
+        if state.sequences is not None:
+            state.sequence_for = functools.partial(sequences.clicks_for_day, state.sequences, home)
         out = _transform(raw, state, extend_text=True)
         return out, (state.text.vecs if state.text is not None else None)
 
@@ -111,6 +113,8 @@ def _serving_state(path: str, mtime_ns: int, text_cache: str) -> FeatureState:
         state.cache_dir = Path(text_cache) / encoder_key(state.text_cfg)
     if state.history is not None:
         state.history = dataclasses.replace(state.history, day_cache={})
+    if state.sequences is not None:
+        state.sequences = dataclasses.replace(state.sequences, day_cache={})
     return state
 
 
@@ -210,7 +214,9 @@ def _finalize(derived: pl.DataFrame, state: FeatureState) -> pl.DataFrame:
         x = (pl.col(f"n:{name}") - mean) / std
         nums.append(pl.when(x.is_finite()).then(x).otherwise(0.0).cast(pl.Float32).alias(f"num__{name}"))
     text = [pl.col(c) for c in TEXT_COLUMNS if c in derived.columns]
-    return derived.select(*[c for c in PASSTHROUGH if c in derived.columns], *cats, *nums, *text)
+    out = derived.select(*[c for c in PASSTHROUGH if c in derived.columns], *cats, *nums, *text)
+    seq = sequences.for_state(derived, state)  # seq__item_id_* (pipeline.features.sequences), or None
+    return out if seq is None else pl.concat([out, seq], how="horizontal")
 
 
 def _lake_days(layout: Layout, splits: dict[str, list[dt.date]], max_window: int) -> list[dt.date]:
@@ -271,8 +277,11 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFram
                             "min_count": f.min_count, "stats": {}, "text": None,
                             "history": {"enabled": f.history, "windows": list(f.history_windows),
                                         "smoothing": f.smoothing},
-                            "groups": {"context": f.context, "lexical": f.lexical}}
+                            "groups": {"context": f.context, "lexical": f.lexical}, "sequence": None}
     state = FeatureState(meta, {}, cat_price)
+    if f.sequence_length:
+        meta["sequence"] = {"length": f.sequence_length, "lookback": max(f.history_windows)}
+        state.sequences = sequences.build_sequences(raw, f.sequence_length, max(f.history_windows))
     if f.history:
         state.history = build_history(raw.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS,
                                                  "price"), f.history_windows, f.smoothing)
@@ -306,7 +315,8 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
     run_id = run_id or d.isoformat()
     layout = Layout.of(cfg.home)
     splits = split_dates(cfg, d)
-    days = _lake_days(layout, splits, max(cfg.features.history_windows) if cfg.features.history else 0)
+    looks_back = cfg.features.history or cfg.features.sequence_length > 0
+    days = _lake_days(layout, splits, max(cfg.features.history_windows) if looks_back else 0)
     users, items = _snapshot(layout, "users", d), _snapshot(layout, "items", d)
     extra = set(cfg.features.categorical) | set(cfg.features.numeric)
     raw = _load_raw(layout, days, users, items, extra)
@@ -342,6 +352,7 @@ def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str,
                  "columns": list(TEXT_COLUMNS) if text else [], "model": text["model"] if text else None,
                  "n_texts": len(state.text.vecs) if text else 0, "finetune": text["finetune"] if text else "false",
                  "encoder": text["encoder"] if text else None},
+        "sequence": sequences.spec(meta["sequence"]["length"] if meta.get("sequence") else 0),
         "tasks": list(cfg.model.tasks),
         "splits": splits,
     }

@@ -280,8 +280,10 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFram
                             "groups": {"context": f.context, "lexical": f.lexical}, "sequence": None}
     state = FeatureState(meta, {}, cat_price)
     if f.sequence_length:
-        meta["sequence"] = {"length": f.sequence_length, "lookback": max(f.history_windows)}
-        state.sequences = sequences.build_sequences(raw, f.sequence_length, max(f.history_windows))
+        meta["sequence"] = {"length": f.sequence_length, "lookback": max(f.history_windows),
+                            "fields": list(f.sequence_fields)}
+        state.sequences = sequences.build_sequences(raw, f.sequence_length, max(f.history_windows),
+                                                    f.sequence_fields)
     if f.history:
         state.history = build_history(raw.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS,
                                                  "price"), f.history_windows, f.smoothing)
@@ -352,7 +354,8 @@ def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str,
                  "columns": list(TEXT_COLUMNS) if text else [], "model": text["model"] if text else None,
                  "n_texts": len(state.text.vecs) if text else 0, "finetune": text["finetune"] if text else "false",
                  "encoder": text["encoder"] if text else None},
-        "sequence": sequences.spec(meta["sequence"]["length"] if meta.get("sequence") else 0),
+        "sequence": sequences.spec(meta["sequence"]["length"], tuple(meta["sequence"]["fields"]))
+        if meta.get("sequence") else None,
         "tasks": list(cfg.model.tasks),
         "splits": splits,
     }

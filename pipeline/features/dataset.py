@@ -46,10 +46,10 @@ class InputSpec:
     text_encoder: dict[str, Any] | None = None
     text_tokens: Any = field(default=None, compare=False, repr=False)
     text_encoder_model: Any = field(default=None, compare=False, repr=False)
-    # Behaviour sequence (feature_spec.json "sequence"): its columns, and the categorical feature whose
-    # embedding rows its indices select (pipeline.features.sequences); () / "" without one.
+    # Behaviour sequence (feature_spec.json "sequence"): its columns (one block of equal length per field), and
+    # per block the categorical feature whose embedding rows its indices select (pipeline.features.sequences).
     seq_columns: tuple[str, ...] = ()
-    seq_vocab: str = ""
+    seq_vocabs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         runtime = ("text_table", "text_tokens", "text_encoder_model")  # arrays and modules: in the state_dict
@@ -189,8 +189,10 @@ def from_frame(df: pl.DataFrame, spec: dict[str, Any], tasks: tuple[str, ...], w
     seq = None
     if seq_cols:
         seq_np = _matrix(df, seq_cols, np.int64, where)
-        shared = next(c for c in spec["categorical"] if c["name"] == spec["sequence"]["vocab"][_seq_name(spec)])
-        _check_indices(seq_np, seq_cols, [int(shared["cardinality"])] * len(seq_cols), where)
+        card = {c["name"]: int(c["cardinality"]) for c in spec["categorical"]}
+        vocabs = _seq_vocabs(spec)
+        block = len(seq_cols) // len(vocabs)
+        _check_indices(seq_np, seq_cols, [card[vocabs[j // block]] for j in range(len(seq_cols))], where)
         seq = torch.from_numpy(seq_np)
     labels, mask = label_arrays(df, tasks, where)
     return TensorData(torch.from_numpy(cat), torch.from_numpy(num), text, torch.from_numpy(labels),
@@ -201,9 +203,12 @@ def _seq_columns(spec: dict[str, Any]) -> list[str]:
     return list((spec.get("sequence") or {}).get("columns", []))
 
 
-def _seq_name(spec: dict[str, Any]) -> str:
-    """The one sequence name of the spec (e.g. item_id)."""
-    return next(iter(spec["sequence"]["vocab"]))
+def _seq_vocabs(spec: dict[str, Any]) -> tuple[str, ...]:
+    """Per sequence field, in column order (`seq__<name>_<k>`: the JSON mapping's key order is not kept), the
+    categorical feature it shares (e.g. item_id)."""
+    seq = spec.get("sequence") or {}
+    names = dict.fromkeys(c[len("seq__"):-3] for c in seq.get("columns", []))
+    return tuple(seq["vocab"][n] for n in names)
 
 
 def _text_columns(spec: dict[str, Any]) -> list[str]:
@@ -236,7 +241,7 @@ def input_spec(run_dir: str | Path, spec: dict[str, Any], text_proj_dim: int) ->
         text_proj_dim=text_proj_dim,
         text_table=table,
         seq_columns=tuple(_seq_columns(spec)),
-        seq_vocab=spec["sequence"]["vocab"][_seq_name(spec)] if _seq_columns(spec) else "",
+        seq_vocabs=_seq_vocabs(spec),
     )
 
 

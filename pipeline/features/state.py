@@ -39,7 +39,7 @@ ENCODER_DIR = "encoder"
 class FeatureState:
     """meta keys: categorical (names), numeric (names, in column order), numeric_inputs (declared extra
     numeric columns), stats {name: [mean, std]}, min_count, history {enabled, windows, smoothing},
-    text (TextConfig fields + dim + encoder_key, or null), sequence ({length, lookback} or null)."""
+    text (TextConfig fields + dim + encoder_key, or null), sequence ({length, lookback, fields} or null)."""
 
     meta: dict[str, Any]
     vocabs: dict[str, pl.DataFrame]
@@ -100,7 +100,7 @@ class FeatureState:
             state.history = History.load(folder / "history", tuple(h["windows"]), h["smoothing"])
         seq = meta.get("sequence")  # states written before sequences existed have none
         if seq:
-            state.sequences = Sequences.load(folder, seq["length"], seq["lookback"])
+            state.sequences = Sequences.load(folder, seq["length"], seq["lookback"], tuple(seq["fields"]))
         if meta.get("text"):
             idx = pl.read_parquet(folder / "text_index.parquet")
             rows = dict(zip(idx["hash"].to_list(), idx["row"].to_list()))

@@ -25,7 +25,7 @@ ID_MIN_ROWS = 100  # id-like vocabularies (users, items, shops, brands): the one
 
 
 class FeatureInput(nn.Module):
-    """batch -> x [B, C*D + F + X*P (+ D with a behaviour sequence)]. Categorical features are split by vocabulary size into two tables, each
+    """batch -> x [B, C*D + F + X*P (+ G*D with a behaviour sequence of G fields)]. Categorical features are split by vocabulary size into two tables, each
     one lookup per batch (row offsets per feature): `embedding` for large id spaces (users, items) with sparse
     gradients, so the optimiser touches only the batch's rows, and `small_embedding` for short vocabularies with
     dense gradients (a sparse update there would cost more in coalescing than the whole table). The text table
@@ -35,9 +35,11 @@ class FeatureInput(nn.Module):
     unknown index 0 with probability p, so row 0 is trained as "an id not seen in training" and a new user or
     item at serving gets that learned row instead of its random initial value.
 
-    With a behaviour sequence (`spec.seq_columns`, batch key `seq` int64 [B, S], 0 = padding), its ids are rows of
-    the embedding of feature `spec.seq_vocab` (the candidate's item_id table: one table, so a clicked item and a
-    candidate item share a vector), pooled by `TargetAttention` against the candidate's row into D more inputs."""
+    With a behaviour sequence (`spec.seq_columns`, batch key `seq` int64 [B, G*S]: G blocks of S positions, one
+    per field of `spec.seq_vocabs`, 0 = padding), block g's ids are rows of the embedding of feature
+    `spec.seq_vocabs[g]` (the candidate's own table: a clicked item and a candidate item share a vector). Each
+    position is its G rows side by side [G*D], pooled by `TargetAttention` against the candidate's G rows; a
+    position is padding where all its fields are 0."""
 
     def __init__(self, spec: InputSpec, dim: int, id_dropout: float = 0.0):
         super().__init__()
@@ -66,12 +68,14 @@ class FeatureInput(nn.Module):
         self.last_rows: list[torch.Tensor] = []
         self.attention = None
         if spec.seq_columns:
-            j = spec.cat_names.index(spec.seq_vocab)
-            self.seq_col, self.seq_big = j, card[j] >= SPARSE_MIN_ROWS
-            same = big if self.seq_big else small
-            self.seq_offset = sum(card[i] for i in same[:same.index(j)])  # the feature's first row in its table
-            self.attention = TargetAttention(dim)
-            self.out_dim += dim
+            self.seq_len = len(spec.seq_columns) // len(spec.seq_vocabs)
+            self.seq_fields = []  # per field: (its categorical column, in the sparse table?, its first row there)
+            for name in spec.seq_vocabs:
+                j = spec.cat_names.index(name)
+                same = big if card[j] >= SPARSE_MIN_ROWS else small
+                self.seq_fields.append((j, card[j] >= SPARSE_MIN_ROWS, sum(card[i] for i in same[:same.index(j)])))
+            self.attention = TargetAttention(len(spec.seq_vocabs) * dim)
+            self.out_dim += len(spec.seq_vocabs) * dim
 
     def tables(self) -> list[nn.Embedding]:
         return [t for t in (self.embedding, self.small_embedding) if t is not None]
@@ -103,15 +107,20 @@ class FeatureInput(nn.Module):
                 vecs = self.text_encoder(torch.where(idx < self.text_encoder.tokens.shape[1], idx, 0))
             parts.append(self.text_proj(vecs).flatten(1))  # [B, X*P]
         if self.attention is not None:
-            parts.append(self._sequence(batch["seq"], cat[:, self.seq_col]))
+            parts.append(self._sequence(batch["seq"], cat))
         return torch.cat(parts, 1)
 
-    def _sequence(self, seq: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """seq [B, S] ids (0 = padding), cand [B] ids of the same feature -> attention-pooled [B, D]."""
-        table = self.embedding if self.seq_big else self.small_embedding
-        ids = torch.cat([cand.unsqueeze(1), seq], 1) + self.seq_offset  # [B, 1 + S], one lookup
-        rows = table(ids) if table.sparse else table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)
-        return self.attention(rows[:, 1:], rows[:, 0], seq > 0)
+    def _sequence(self, seq: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        """seq [B, G*S] ids (0 = padding), cat [B, C] (the candidate's ids) -> attention-pooled [B, G*D]."""
+        s, rows = self.seq_len, []
+        for g, (j, big, offset) in enumerate(self.seq_fields):
+            table = self.embedding if big else self.small_embedding
+            ids = torch.cat([cat[:, j:j + 1], seq[:, g * s:(g + 1) * s]], 1) + offset  # [B, 1 + S], one lookup
+            rows.append(table(ids) if table.sparse
+                        else table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1))
+        rows = torch.cat(rows, -1)  # [B, 1 + S, G*D]: the candidate, then the clicks
+        mask = (seq.view(seq.shape[0], len(self.seq_fields), s) > 0).any(1)  # [B, S]
+        return self.attention(rows[:, 1:], rows[:, 0], mask)
 
 
 def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embedding | None:

@@ -31,8 +31,8 @@ VOCAB = pl.DataFrame({"value": ["A", "B", "C", "D", "E", "F"], "index": pl.Serie
 
 
 def _seq(rows: pl.DataFrame, events: pl.DataFrame, vocab=VOCAB) -> list[list[int]]:
-    seqs = build_sequences(events, N, LOOKBACK)
-    return sequence_columns(rows, vocab, N, lambda _d: seqs).rows()
+    seqs = build_sequences(events, N, LOOKBACK, ("item_id",))
+    return sequence_columns(rows, {"item_id": vocab}, N, ("item_id",), lambda _d: seqs).rows()
 
 
 def test_same_day_click_never_enters_and_yesterdays_come_first():
@@ -86,7 +86,8 @@ def built(tiny_landing, tmp_path_factory):
     for day in lay.ingested_dates():  # what validate writes beside a published day (fresh reads key on it)
         (lay.impressions_dir(day) / "_FINGERPRINT.json").write_text(f'{{"rows": 0, "sha256": "{day}"}}')
     cfg = load_config(overrides=["text.enabled=false", "features.history_windows=[1,3]",
-                                 "features.sequence_length=5"], home=home)
+                                 "features.sequence_length=5", "features.sequence_fields=[item_id, category]"],
+                      home=home)
     build_features(cfg, LAST)
     return SimpleNamespace(cfg=cfg, lay=lay, home=home, feat=lay.run_dir(LAST) / "features")
 
@@ -97,8 +98,9 @@ def test_features_stage_writes_the_sequence_and_serving_computes_the_same(built)
     from tests.data.test_features import LAST
 
     spec = read_spec(built.feat.parent)
-    cols = columns(5)
-    assert spec["sequence"] == {"length": 5, "columns": cols, "vocab": {"item_id": "item_id"}}
+    cols = columns(5, ("item_id", "category"))
+    assert cols[0] == "seq__item_id_00" and cols[5] == "seq__category_00"
+    assert spec["sequence"] == {"length": 5, "columns": cols, "vocab": {"item_id": "item_id", "category": "category"}}
     test = pl.read_parquet(built.feat / "test.parquet")
     assert all(test.schema[c] == pl.Int32 for c in cols)
     assert test["seq__item_id_00"].gt(0).mean() > 0.5  # most users clicked before the test day
@@ -119,14 +121,14 @@ def test_serving_reads_fresh_lake_days(built):
 
     state = FeatureState.load(built.feat / "state")
     last = dt.date.fromisoformat(LAST)
-    vocab = state.vocabs["item_id"]
     full = state.sequences
-    stale = Sequences(full.clicks.filter(pl.col("dt") < last), full.length, full.lookback)
+    fields = full.fields
+    stale = Sequences(full.clicks.filter(pl.col("dt") < last), full.length, full.lookback, fields)
     rows = pl.read_parquet(built.feat / "test.parquet").select("user_id").with_columns(
         pl.lit(last + dt.timedelta(days=1)).alias("dt"))
-    reference = sequence_columns(rows, vocab, 5, lambda _d: full)
-    assert not sequence_columns(rows, vocab, 5, lambda _d: stale).equals(reference)
-    fresh = sequence_columns(rows, vocab, 5, lambda d: clicks_for_day(stale, built.home, d))
+    reference = sequence_columns(rows, state.vocabs, 5, fields, lambda _d: full)
+    assert not sequence_columns(rows, state.vocabs, 5, fields, lambda _d: stale).equals(reference)
+    fresh = sequence_columns(rows, state.vocabs, 5, fields, lambda d: clicks_for_day(stale, built.home, d))
     assert fresh.equals(reference)
     day = last + dt.timedelta(days=1)
     assert clicks_for_day(stale, built.home, day) is clicks_for_day(stale, built.home, day)  # cached

@@ -50,44 +50,59 @@ def test_weights_match_a_brute_force_softmax():
         assert torch.allclose(out[b], pooled, atol=1e-5)
 
 
-def _spec(items: int) -> InputSpec:
-    return InputSpec(("user_id", "item_id", "surface"), (50, items, 4), ("num__x",), seq_columns=SEQ,
-                     seq_vocab="item_id")
+def _spec(items: int, fields: tuple[str, ...]) -> InputSpec:
+    cols = tuple(f"seq__{f}_{k:02d}" for f in fields for k in range(3))
+    return InputSpec(("user_id", "item_id", "category"), (50, items, 6), ("num__x",), seq_columns=cols,
+                     seq_vocabs=fields)
 
 
-def _batch(items: int, n: int = 8) -> dict[str, torch.Tensor]:
+def _batch(items: int, fields: tuple[str, ...], n: int = 8) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     cat = torch.stack([torch.randint(0, 50, (n,), generator=g), torch.randint(1, items, (n,), generator=g),
-                       torch.randint(0, 4, (n,), generator=g)], 1)
-    seq = torch.randint(1, items, (n, len(SEQ)), generator=g)
-    seq[:, 2] = 0  # padding at the end
+                       torch.randint(1, 6, (n,), generator=g)], 1)
+    blocks = [torch.randint(1, items if f == "item_id" else 6, (n, 3), generator=g) for f in fields]
+    seq = torch.cat(blocks, 1)
+    seq[:, [2, 5][:len(fields)]] = 0  # the last position is padding in every field
     seq[0] = 0  # a user without clicks
     return {"cat": cat, "num": torch.randn(n, 1, generator=g), "seq": seq}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("items", [30, 5000])  # the item table dense (small) or sparse (large)
-def test_every_architecture_pools_the_sequence(name, items):
+@pytest.mark.parametrize("fields", [("item_id",), ("item_id", "category")])
+def test_every_architecture_pools_the_sequence(name, items, fields):
     torch.manual_seed(0)
     tasks = ("cvr",) if name == "single_task" else ("ctr", "cvr")
-    model = build(name, _spec(items), MCFG, tasks).eval()
-    batch = _batch(items)
-    assert model.features.out_dim == 3 * 4 + 1 + 4
+    model = build(name, _spec(items, fields), MCFG, tasks).eval()
+    batch = _batch(items, fields)
+    d = 4 * len(fields)
+    assert model.features.out_dim == 3 * 4 + 1 + d
     out = model(batch)
     assert all(out[t].shape == (8,) and torch.isfinite(out[t]).all() for t in tasks)
     changed = dict(batch, seq=batch["seq"].clone())
     changed["seq"][1:, 0] = (changed["seq"][1:, 0] % (items - 1)) + 1  # other clicked items
-    pooled = slice(model.features.out_dim - 4, None)  # the shared input's last D columns
+    pooled = slice(model.features.out_dim - d, None)  # the shared input's last G*D columns
     before, after = model.features(batch)[:, pooled], model.features(changed)[:, pooled]
     assert (before[1:] != after[1:]).any(1).all() and (before[0] == 0).all()
+    assert (model.features.attention.last_weights[:, 2] == 0).all()  # the padded position
     # The clicked items are looked up in the candidate's own table: their rows get gradients there.
     model.train()
     sum(v.sum() for v in model(batch).values()).backward()
     table = model.features.embedding if items >= 4096 else model.features.small_embedding
     grad = table.weight.grad.to_dense() if table.weight.grad.is_sparse else table.weight.grad
-    offset = model.features.seq_offset
+    offset = model.features.seq_fields[0][2]
     clicked = int(batch["seq"][1, 1]) + offset
     assert grad[clicked].abs().sum() > 0
+
+
+def test_a_click_with_an_unknown_item_but_a_known_category_is_not_padding():
+    torch.manual_seed(0)
+    fields = ("item_id", "category")
+    model = build("mmoe", _spec(30, fields), MCFG, ("ctr",)).eval()
+    batch = _batch(30, fields)
+    batch["seq"][1, 0] = 0  # item unknown at position 0, its category (column 3) still known
+    model(batch)
+    assert model.features.attention.last_weights[1, 0] > 0
 
 
 @pytest.mark.slow
@@ -107,12 +122,12 @@ def test_a_run_with_sequences_trains_evaluates_and_scores(tiny_landing, tmp_path
 
     home = tmp_path / "home"
     cfg = load_config(overrides=[*fast_overrides, "dry_run=true", "features.sequence_length=4",
-                                 "train.baselines=false", "train.gbdt_baselines=false"], home=home)
+                                 "features.sequence_fields=[item_id, category]", "train.baselines=false", "train.gbdt_baselines=false"], home=home)
     day = "2026-01-10"
     run_all(cfg, tiny_landing, day)
     run = home / "runs" / day
     meta = json.loads((run / "models" / "mtl" / "meta.json").read_text())
-    assert meta["inputs"]["seq_columns"] == [f"seq__item_id_{k:02d}" for k in range(4)]
+    assert meta["inputs"]["seq_columns"] == [f"seq__{f}_{k:02d}" for f in ("item_id", "category") for k in range(4)]
     report = json.loads((run / "evaluation.json").read_text())
     assert 0.5 < report["models"]["mtl"]["ctr"]["overall"]["auc"] <= 1.0
     served = pl.read_parquet(run / "predictions" / "mtl.parquet")
@@ -120,7 +135,7 @@ def test_a_run_with_sequences_trains_evaluates_and_scores(tiny_landing, tmp_path
     assert test["seq__item_id_00"].gt(0).any()
     model, meta = load_trained(run / "models" / "mtl")
     data = from_frame(test, read_spec(run), tuple(meta["tasks"]))
-    assert data.seq is not None and data.seq.shape == (test.height, 4)
+    assert data.seq is not None and data.seq.shape == (test.height, 8)
     stored = predict(model, data)[:, meta["tasks"].index("ctr")]
     assert served["event_id"].equals(test["event_id"])
     np.testing.assert_allclose(served["p_ctr"].to_numpy(), stored, atol=1e-5)

@@ -40,7 +40,8 @@ ABLATIONS = {  # name -> overrides on top of the defaults
     "stop on weighted_auc": ["train.early_stop_metric=weighted_auc"],
     "stop on mean_auc": ["train.early_stop_metric=mean_auc"],
     "esmm instead of mmoe": ["model.name=esmm"],
-    "+ sequences": [f"features.sequence_length={10}"],  # DIN target attention over the last 10 clicks
+    "+ sequences": ["features.sequence_length=10"],  # DIN target attention over the last 10 clicked items
+    "+ sequences (item, category)": ["features.sequence_length=10", "features.sequence_fields=[item_id, category]"],
 }
 FEATURE_KEYS = ("features.", "text.", "data.")
 

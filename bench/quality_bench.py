@@ -42,6 +42,9 @@ ABLATIONS = {  # name -> overrides on top of the defaults
     "esmm instead of mmoe": ["model.name=esmm"],
     "+ sequences": ["features.sequence_length=10"],  # DIN target attention over the last 10 clicked items
     "+ sequences (item, category)": ["features.sequence_length=10", "features.sequence_fields=[item_id, category]"],
+    # The same pair under another initialisation: how much of a difference is seed noise.
+    "defaults, train.seed=1": ["train.seed=1"],
+    "+ sequences, train.seed=1": ["features.sequence_length=10", "train.seed=1"],
 }
 FEATURE_KEYS = ("features.", "text.", "data.")
 

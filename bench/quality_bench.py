@@ -3,6 +3,7 @@
     .venv/bin/python bench/quality_bench.py generated --days 12 --impressions 25000 --users 30000 --items 8000
     .venv/bin/python bench/quality_bench.py hillstrom --csv /work/shared/data/real/hillstrom-email/hillstrom.csv
     add --ablate for the ablation table (defaults minus each feature group / model idea)
+    generated: --popularity-drift 0.1 --new-items 0.1 --long-tail 0.3 for a drifting catalogue (off by default)
 
 Per data set: `mtl run` for day D (the landing's last day minus 2; MLflow in the work home, the gate as
 configured), then `mtl score` of the two days after with the registered champion (the challenger when the gate
@@ -39,6 +40,11 @@ ABLATIONS = {  # name -> overrides on top of the defaults
     "stop on weighted_auc": ["train.early_stop_metric=weighted_auc"],
     "stop on mean_auc": ["train.early_stop_metric=mean_auc"],
     "esmm instead of mmoe": ["model.name=esmm"],
+    "+ sequences": ["features.sequence_length=10"],  # DIN target attention over the last 10 clicked items
+    "+ sequences (item, category)": ["features.sequence_length=10", "features.sequence_fields=[item_id, category]"],
+    # The same pair under another initialisation: how much of a difference is seed noise.
+    "defaults, train.seed=1": ["train.seed=1"],
+    "+ sequences, train.seed=1": ["features.sequence_length=10", "train.seed=1"],
 }
 FEATURE_KEYS = ("features.", "text.", "data.")
 
@@ -50,6 +56,17 @@ def mtl(*args: str, env: dict | None = None) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"mtl {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout)
+
+
+def mtl_probs(run_dir: Path, test) -> dict[str, np.ndarray]:
+    """The run's MTL model on a feature frame (the columns `transform` gives): task -> float [N]."""
+    from pipeline.features.dataset import from_frame, read_spec
+    from pipeline.training.train import load_trained, predict
+
+    model, meta = load_trained(run_dir / "models" / "mtl")
+    tasks = tuple(meta["tasks"])
+    probs = predict(model, from_frame(test, read_spec(run_dir), tasks, where=str(run_dir)))
+    return {t: np.asarray(probs[:, j], dtype=np.float64) for j, t in enumerate(tasks)}
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -107,7 +124,7 @@ def after_days(cfg, landing: Path, run_id: str, days: list[str], model_uri: str)
             error = str(exc).strip().splitlines()[-1][:300]
     test = pl.concat(frames, how="vertical_relaxed")
     preds = {n: p for n, p in predict_models(run_dir, test, read_spec(run_dir)).items()}
-    preds["mtl (this run, via transform)"] = preds.pop("mtl")
+    preds["mtl (this run, via transform)"] = mtl_probs(run_dir, test)
     if not error:
         champ = test.select("event_id").join(pl.concat(scored), on="event_id", how="left", maintain_order="left")
         preds["registered"] = {c[2:]: champ[c].to_numpy() for c in champ.columns if c.startswith("p_")}
@@ -142,9 +159,7 @@ def main_table(report: dict, landing: Path, train_days: list[str]) -> dict:
 def ablate(cfg_args: list[str], home: Path, date: str, tasks: list[str], names: list[str]) -> dict:
     """Test-day AUC of the MTL model per ablation (own run id; features rebuilt when a feature key changes)."""
     from pipeline.config import load_config
-    from pipeline.evaluation.evaluate import predict_models
     from pipeline.features.build import build_features
-    from pipeline.features.dataset import read_spec
     from pipeline.paths import Layout
     from pipeline.training.train import train_model
 
@@ -162,8 +177,7 @@ def ablate(cfg_args: list[str], home: Path, date: str, tasks: list[str], names: 
         import polars as pl
 
         test = pl.read_parquet(run_dir / "features" / "test.parquet")
-        probs = predict_models(run_dir, test, read_spec(run_dir))["mtl"]
-        rows[name] = _aucs(test, probs)
+        rows[name] = _aucs(test, mtl_probs(run_dir, test))
         rows[name]["mean"] = float(np.mean([v for v in rows[name].values() if v is not None]))
         rows[name]["valid mean"] = float(valid)
         print(f"ablation {name}: {rows[name]}", file=sys.stderr, flush=True)
@@ -223,13 +237,19 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=30000)
     ap.add_argument("--items", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--popularity-drift", type=float, default=0.0, help="generator: daily log-popularity step")
+    ap.add_argument("--new-items", type=float, default=0.0, help="generator: share of items appearing later")
+    ap.add_argument("--long-tail", type=float, default=0.0, help="generator: share of reworded titles/queries")
     ap.add_argument("--csv", default="/work/shared/data/real/hillstrom-email/hillstrom.csv")
     ap.add_argument("--set", action="append", default=[], dest="sets", help="extra config key=value")
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse a finished run of the date (no second mtl run)")
     ap.add_argument("--ablations", default="", help=f"'|'-separated subset of {list(ABLATIONS)}")
     args = ap.parse_args()
-    work = Path(args.work) / args.dataset
+    drift = (args.popularity_drift, args.new_items, args.long_tail)
+    # A landing folder per generator setting: one written with other settings is never reused by mistake.
+    name = args.dataset + ("-drift-{}-{}-{}".format(*drift) if args.dataset == "generated" and any(drift) else "")
+    work = Path(args.work) / name
     landing, home = work / "landing", work / "home"
     sets = ["train.threads=1", "gbdt.n_jobs=1", *args.sets]  # one core each: the machine is shared
     if args.dataset == "generated":
@@ -237,8 +257,10 @@ def main() -> None:
             start = (dt.date(2026, 3, 1)).isoformat()
             mtl("generate", "--out", str(landing), "--days", str(args.days), "--impressions-per-day",
                 str(args.impressions), "--users", str(args.users), "--items", str(args.items), "--seed",
-                str(args.seed), "--start-date", start)
-        label = f"generated {args.days} days x {args.impressions} impressions, {args.users} users, {args.items} items"
+                str(args.seed), "--start-date", start, "--popularity-drift", str(args.popularity_drift),
+                "--new-items", str(args.new_items), "--long-tail", str(args.long_tail))
+        label = (f"generated {args.days} days x {args.impressions} impressions, {args.users} users, {args.items} "
+                 f"items, popularity drift {drift[0]}, new items {drift[1]}, long tail {drift[2]}")
     else:
         if not landing.is_dir():
             out = mtl("import", "hillstrom", args.csv, "--out", str(landing))

@@ -25,7 +25,7 @@ import polars as pl
 from pipeline.config import Config
 from pipeline.data.schema import LABELS, TASKS
 from pipeline.errors import FeatureError
-from pipeline.features import context
+from pipeline.features import context, sequences
 from pipeline.features.aggregates import ensure_days
 from pipeline.features.fitstate import base_state, fit, save_state
 from pipeline.features.history import add_history, feature_names
@@ -89,6 +89,8 @@ def serve_features(raw: pl.DataFrame, state_dir: str | Path, text_cache: str | P
             state.text = _load_state(str(path), meta.stat().st_mtime_ns).text.copy()
         if state.history is not None:
             state.history_for = functools.partial(history_for_day, state.history, home)
+        if state.sequences is not None:
+            state.sequence_for = functools.partial(sequences.clicks_for_day, state.sequences, home)
         out = _transform(raw, state, extend_text=True)
         return out, (state.text.vecs if state.text is not None else None)
 
@@ -104,6 +106,8 @@ def _serving_state(path: str, mtime_ns: int, text_cache: str) -> FeatureState:
         state.cache_dir = Path(text_cache) / encoder_key(state.text_cfg)
     if state.history is not None:
         state.history = dataclasses.replace(state.history, day_cache={})
+    if state.sequences is not None:
+        state.sequences = dataclasses.replace(state.sequences, day_cache={})
     return state
 
 
@@ -203,7 +207,9 @@ def _finalize(derived: pl.DataFrame, state: FeatureState) -> pl.DataFrame:
         x = (pl.col(f"n:{name}") - mean) / std
         nums.append(pl.when(x.is_finite()).then(x).otherwise(0.0).cast(pl.Float32).alias(f"num__{name}"))
     text = [pl.col(c) for c in TEXT_COLUMNS if c in derived.columns]
-    return derived.select(*[c for c in PASSTHROUGH if c in derived.columns], *cats, *nums, *text)
+    out = derived.select(*[c for c in PASSTHROUGH if c in derived.columns], *cats, *nums, *text)
+    seq = sequences.for_state(derived, state)  # seq__item_id_* (pipeline.features.sequences), or None
+    return out if seq is None else pl.concat([out, seq], how="horizontal")
 
 
 def _snapshot(layout: Layout, table: str, date: dt.date) -> pl.DataFrame:
@@ -234,7 +240,8 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
     run_id = run_id or d.isoformat()
     layout = Layout.of(cfg.home)
     splits = split_dates(cfg, d)
-    days = lake_days(layout, splits, max(cfg.features.history_windows) if cfg.features.history else 0)
+    looks_back = cfg.features.history or cfg.features.sequence_length > 0
+    days = lake_days(layout, splits, max(cfg.features.history_windows) if looks_back else 0)
     users, items = _snapshot(layout, "users", d), _snapshot(layout, "items", d)
     extra = set(cfg.features.categorical) | set(cfg.features.numeric)
     scan = functools.partial(scan_day, layout, users=users, items=items, extra=extra)
@@ -242,7 +249,7 @@ def build_features(cfg: Config, date: dt.date | str, run_id: str | None = None) 
         raise FeatureError(f"train window {splits['train'][0]}..{splits['train'][-1]} has no impressions")
     if cfg.features.history:
         ensure_days(layout, days)
-    state = base_state(cfg, layout, splits, d, scan, items)
+    state = base_state(cfg, layout, splits, d, scan, items, days)
     derive = functools.partial(_derive_day, layout=layout, days=days, scan=scan, state=state)
     out = layout.run_dir(run_id) / FEATURES_DIR
     spec_splits = {}
@@ -287,6 +294,8 @@ def _spec(cfg: Config, state: FeatureState, splits: dict[str, Any]) -> dict[str,
                  "columns": list(TEXT_COLUMNS) if text else [], "model": text["model"] if text else None,
                  "n_texts": len(state.text.vecs) if text else 0, "finetune": text["finetune"] if text else "false",
                  "encoder": text["encoder"] if text else None},
+        "sequence": sequences.spec(meta["sequence"]["length"], tuple(meta["sequence"]["fields"]))
+        if meta.get("sequence") else None,
         "tasks": list(cfg.model.tasks),
         "splits": splits,
     }

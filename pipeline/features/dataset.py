@@ -46,6 +46,10 @@ class InputSpec:
     text_encoder: dict[str, Any] | None = None
     text_tokens: Any = field(default=None, compare=False, repr=False)
     text_encoder_model: Any = field(default=None, compare=False, repr=False)
+    # Behaviour sequence (feature_spec.json "sequence"): its columns (one block of equal length per field), and
+    # per block the categorical feature whose embedding rows its indices select (pipeline.features.sequences).
+    seq_columns: tuple[str, ...] = ()
+    seq_vocabs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         runtime = ("text_table", "text_tokens", "text_encoder_model")  # arrays and modules: in the state_dict
@@ -67,6 +71,8 @@ class TensorData:
     # Serving: a text table float32 [n, dim] that `text` indexes instead of the model's own (its first rows are
     # the model's table, then texts embedded at scoring time). Not per row: slicing keeps it whole.
     text_table: torch.Tensor | None = None
+    # Behaviour sequence: int64 [N, S] vocabulary indices of feature_spec "sequence" columns (0 = padding), or None.
+    seq: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.cat.shape[0])
@@ -74,10 +80,11 @@ class TensorData:
     def _map(self, fn) -> TensorData:
         text = None if self.text is None else fn(self.text)
         return TensorData(fn(self.cat), fn(self.num), text, fn(self.labels), fn(self.mask), self.tasks,
-                          self.text_table)
+                          self.text_table, None if self.seq is None else fn(self.seq))
 
     def nbytes(self) -> int:
-        tensors = [self.cat, self.num, self.labels, self.mask] + ([self.text] if self.text is not None else [])
+        tensors = [self.cat, self.num, self.labels, self.mask]
+        tensors += [t for t in (self.text, self.seq) if t is not None]
         return sum(t.element_size() * t.numel() for t in tensors)
 
     def to(self, device: Any) -> TensorData:
@@ -103,6 +110,8 @@ class TensorData:
             out["text"] = self.text
             if self.text_table is not None:
                 out["text_table"] = self.text_table
+        if self.seq is not None:
+            out["seq"] = self.seq
         return out
 
 
@@ -161,7 +170,8 @@ def from_frame(df: pl.DataFrame, spec: dict[str, Any], tasks: tuple[str, ...], w
     import torch
 
     cats = [c["column"] for c in spec["categorical"]]
-    missing = [c for c in cats + list(spec["numeric"]) + _text_columns(spec) if c not in df.columns]
+    seq_cols = _seq_columns(spec)
+    missing = [c for c in cats + list(spec["numeric"]) + _text_columns(spec) + seq_cols if c not in df.columns]
     if missing:
         raise FeatureError(f"{where}: feature columns {missing} named in the spec are missing")
     cat = _matrix(df, cats, np.int64, where)
@@ -176,9 +186,29 @@ def from_frame(df: pl.DataFrame, spec: dict[str, Any], tasks: tuple[str, ...], w
         if text_np.size and text_np.min() < 0:
             raise FeatureError(f"{where}: negative text index")
         text = torch.from_numpy(text_np)
+    seq = None
+    if seq_cols:
+        seq_np = _matrix(df, seq_cols, np.int64, where)
+        card = {c["name"]: int(c["cardinality"]) for c in spec["categorical"]}
+        vocabs = _seq_vocabs(spec)
+        block = len(seq_cols) // len(vocabs)
+        _check_indices(seq_np, seq_cols, [card[vocabs[j // block]] for j in range(len(seq_cols))], where)
+        seq = torch.from_numpy(seq_np)
     labels, mask = label_arrays(df, tasks, where)
     return TensorData(torch.from_numpy(cat), torch.from_numpy(num), text, torch.from_numpy(labels),
-                      torch.from_numpy(mask), tuple(tasks))
+                      torch.from_numpy(mask), tuple(tasks), seq=seq)
+
+
+def _seq_columns(spec: dict[str, Any]) -> list[str]:
+    return list((spec.get("sequence") or {}).get("columns", []))
+
+
+def _seq_vocabs(spec: dict[str, Any]) -> tuple[str, ...]:
+    """Per sequence field, in column order (`seq__<name>_<k>`: the JSON mapping's key order is not kept), the
+    categorical feature it shares (e.g. item_id)."""
+    seq = spec.get("sequence") or {}
+    names = dict.fromkeys(c[len("seq__"):-3] for c in seq.get("columns", []))
+    return tuple(seq["vocab"][n] for n in names)
 
 
 def _text_columns(spec: dict[str, Any]) -> list[str]:
@@ -210,6 +240,8 @@ def input_spec(run_dir: str | Path, spec: dict[str, Any], text_proj_dim: int) ->
         text_dim=0 if table is None else int(table.shape[1]),
         text_proj_dim=text_proj_dim,
         text_table=table,
+        seq_columns=tuple(_seq_columns(spec)),
+        seq_vocabs=_seq_vocabs(spec),
     )
 
 
@@ -224,6 +256,7 @@ def load_split(run_dir: str | Path, split: str, tasks: tuple[str, ...], spec: di
     if not path.is_file():
         raise FeatureError(f"feature file not found: {path}")
     cols = [c["column"] for c in spec["categorical"]] + list(spec["numeric"]) + _text_columns(spec)
+    cols += _seq_columns(spec)
     labels = sorted({TASKS[t].label for t in tasks} | {TASKS[t].given for t in tasks if TASKS[t].given})
     df = pl.read_parquet(path, columns=cols + labels)
     data = from_frame(df, spec, tasks, where=str(path))

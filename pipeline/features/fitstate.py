@@ -16,6 +16,7 @@ from pipeline.config import Config
 from pipeline.features import context
 from pipeline.features.aggregates import write_history
 from pipeline.features.history import feature_names
+from pipeline.features.sequences import Sequences, day_clicks
 from pipeline.features.state import FeatureState, fit_stats, fit_vocabs
 from pipeline.features.stream import distinct_texts, placeholder_history
 from pipeline.features.windows import SPLITS
@@ -25,7 +26,7 @@ BASE_NUMERIC = ("position", "log_price", "price_vs_category")
 
 
 def base_state(cfg: Config, layout: Layout, splits: dict[str, list[dt.date]], date: dt.date,
-                scan: Callable[[dt.date], pl.LazyFrame], items: pl.DataFrame) -> FeatureState:
+                scan: Callable[[dt.date], pl.LazyFrame], items: pl.DataFrame, days: list[dt.date]) -> FeatureState:
     """Everything but vocabularies and stats: history settings, category prices, text table (embedded with the
     contrastively fine-tuned encoder when text.finetune=contrastive: pairs of the train window only; that
     option collects the train window's rows). The text table holds the sorted distinct texts of the splits."""
@@ -40,8 +41,12 @@ def base_state(cfg: Config, layout: Layout, splits: dict[str, list[dt.date]], da
                             "min_count": f.min_count, "stats": {}, "text": None,
                             "history": {"enabled": f.history, "windows": list(f.history_windows),
                                         "smoothing": f.smoothing},
-                            "groups": {"context": f.context, "lexical": f.lexical}}
+                            "groups": {"context": f.context, "lexical": f.lexical}, "sequence": None}
     state = FeatureState(meta, {}, cat_price)
+    if f.sequence_length:
+        meta["sequence"] = {"length": f.sequence_length, "lookback": max(f.history_windows),
+                            "fields": list(f.sequence_fields)}
+        state.sequences = day_sequences(scan, days, f.sequence_length, max(f.history_windows), f.sequence_fields)
     if f.history:
         state.history = placeholder_history(f.history_windows, f.smoothing)
         numeric += feature_names(f.history_windows)
@@ -58,6 +63,15 @@ def base_state(cfg: Config, layout: Layout, splits: dict[str, list[dt.date]], da
     numeric += context.names(meta["groups"])
     meta["numeric"] = numeric
     return state
+
+
+def day_sequences(scan: Callable[[dt.date], pl.LazyFrame], days: list[dt.date], length: int, lookback: int,
+                  fields: tuple[str, ...]) -> Sequences:
+    """The sequence state from every lake day the build reads, one day's clicked rows at a time."""
+    need = ["user_id", "ts", "clicked", "event_id", *fields]
+    clicks = [day_clicks(scan(d).filter(pl.col("clicked") == 1).select(need).collect(), length, tuple(fields))
+              for d in days]
+    return Sequences(pl.concat(clicks).sort("user_id", "dt"), length, lookback, tuple(fields))
 
 
 def fit(state: FeatureState, files: list[Path], min_count: int) -> None:

@@ -4,6 +4,7 @@
     state/vocabs.parquet         name, value (string), index (int32 >= 1; 0 = unknown/null, not stored)
     state/category_price.parquet category, log_median (log of the median item price of the category)
     state/history/*.parquet      per-day per-key count tables (pipeline.features.history)
+    state/sequences.parquet      per-(user, day) clicked items, newest first (pipeline.features.sequences)
     state/text_table.npy         float32 [n_texts + 1, dim], row 0 zeros
     state/text_index.parquet     hash (uint64, pipeline.features.text.text_hash of the cut text), row (int32), text
     state/text_tokens.npy        int32 [2, n_texts + 1, max_length]: input ids and attention mask, row 0 empty
@@ -27,6 +28,7 @@ import polars as pl
 from pipeline.config import TextConfig
 from pipeline.errors import FeatureError
 from pipeline.features.history import History
+from pipeline.features.sequences import Sequences
 from pipeline.features.text import TextTable
 from pipeline.io import read_json, write_json
 
@@ -37,7 +39,7 @@ ENCODER_DIR = "encoder"
 class FeatureState:
     """meta keys: categorical (names), numeric (names, in column order), numeric_inputs (declared extra
     numeric columns), stats {name: [mean, std]}, min_count, history {enabled, windows, smoothing},
-    text (TextConfig fields + dim + encoder_key, or null)."""
+    text (TextConfig fields + dim + encoder_key, or null), sequence ({length, lookback, fields} or null)."""
 
     meta: dict[str, Any]
     vocabs: dict[str, pl.DataFrame]
@@ -48,6 +50,8 @@ class FeatureState:
     folder: Path | None = None  # where it was loaded from (its encoder/ lives there)
     # Serving only: day -> the History to compute that day's rows with (pipeline.features.fresh); None = `history`.
     history_for: Callable[[dt.date], History] | None = None
+    sequences: Sequences | None = None  # with features.sequence_length > 0
+    sequence_for: Callable[[dt.date], Sequences] | None = None  # serving: like history_for
 
     @property
     def text_cfg(self) -> TextConfig | None:
@@ -69,6 +73,8 @@ class FeatureState:
         self.category_price.write_parquet(folder / "category_price.parquet")
         if self.history is not None:
             self.history.save(folder / "history")
+        if self.sequences is not None:
+            self.sequences.save(folder)
         if self.text is not None:
             np.save(folder / "text_table.npy", self.text.vecs)
             pl.DataFrame({"hash": pl.Series(list(self.text.rows), dtype=pl.UInt64),
@@ -92,6 +98,9 @@ class FeatureState:
         h = meta["history"]
         if h["enabled"]:
             state.history = History.load(folder / "history", tuple(h["windows"]), h["smoothing"])
+        seq = meta.get("sequence")  # states written before sequences existed have none
+        if seq:
+            state.sequences = Sequences.load(folder, seq["length"], seq["lookback"], tuple(seq["fields"]))
         if meta.get("text"):
             idx = pl.read_parquet(folder / "text_index.parquet")
             rows = dict(zip(idx["hash"].to_list(), idx["row"].to_list()))

@@ -25,7 +25,7 @@ ID_MIN_ROWS = 100  # id-like vocabularies (users, items, shops, brands): the one
 
 
 class FeatureInput(nn.Module):
-    """batch -> x [B, C*D + F + X*P]. Categorical features are split by vocabulary size into two tables, each
+    """batch -> x [B, C*D + F + X*P (+ G*D with a behaviour sequence of G fields)]. Categorical features are split by vocabulary size into two tables, each
     one lookup per batch (row offsets per feature): `embedding` for large id spaces (users, items) with sparse
     gradients, so the optimiser touches only the batch's rows, and `small_embedding` for short vocabularies with
     dense gradients (a sparse update there would cost more in coalescing than the whole table). The text table
@@ -33,7 +33,13 @@ class FeatureInput(nn.Module):
 
     `id_dropout` p: in training, each id of an id-like feature (vocabulary >= ID_MIN_ROWS) is replaced by the
     unknown index 0 with probability p, so row 0 is trained as "an id not seen in training" and a new user or
-    item at serving gets that learned row instead of its random initial value."""
+    item at serving gets that learned row instead of its random initial value.
+
+    With a behaviour sequence (`spec.seq_columns`, batch key `seq` int64 [B, G*S]: G blocks of S positions, one
+    per field of `spec.seq_vocabs`, 0 = padding), block g's ids are rows of the embedding of feature
+    `spec.seq_vocabs[g]` (the candidate's own table: a clicked item and a candidate item share a vector). Each
+    position is its G rows side by side [G*D], pooled by `TargetAttention` against the candidate's G rows; a
+    position is padding where all its fields are 0."""
 
     def __init__(self, spec: InputSpec, dim: int, id_dropout: float = 0.0):
         super().__init__()
@@ -60,6 +66,16 @@ class FeatureInput(nn.Module):
             self.text_proj = nn.Linear(spec.text_dim, spec.text_proj_dim)
         self.out_dim = len(card) * dim + len(spec.num_names) + self.n_text * spec.text_proj_dim
         self.last_rows: list[torch.Tensor] = []
+        self.attention = None
+        if spec.seq_columns:
+            self.seq_len = len(spec.seq_columns) // len(spec.seq_vocabs)
+            self.seq_fields = []  # per field: (its categorical column, in the sparse table?, its first row there)
+            for name in spec.seq_vocabs:
+                j = spec.cat_names.index(name)
+                same = big if card[j] >= SPARSE_MIN_ROWS else small
+                self.seq_fields.append((j, card[j] >= SPARSE_MIN_ROWS, sum(card[i] for i in same[:same.index(j)])))
+            self.attention = TargetAttention(len(spec.seq_vocabs) * dim)
+            self.out_dim += len(spec.seq_vocabs) * dim
 
     def tables(self) -> list[nn.Embedding]:
         return [t for t in (self.embedding, self.small_embedding) if t is not None]
@@ -90,7 +106,21 @@ class FeatureInput(nn.Module):
                 idx = batch["text"]
                 vecs = self.text_encoder(torch.where(idx < self.text_encoder.tokens.shape[1], idx, 0))
             parts.append(self.text_proj(vecs).flatten(1))  # [B, X*P]
+        if self.attention is not None:
+            parts.append(self._sequence(batch["seq"], cat))
         return torch.cat(parts, 1)
+
+    def _sequence(self, seq: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        """seq [B, G*S] ids (0 = padding), cat [B, C] (the candidate's ids) -> attention-pooled [B, G*D]."""
+        s, rows = self.seq_len, []
+        for g, (j, big, offset) in enumerate(self.seq_fields):
+            table = self.embedding if big else self.small_embedding
+            ids = torch.cat([cat[:, j:j + 1], seq[:, g * s:(g + 1) * s]], 1) + offset  # [B, 1 + S], one lookup
+            rows.append(table(ids) if table.sparse
+                        else table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1))
+        rows = torch.cat(rows, -1)  # [B, 1 + S, G*D]: the candidate, then the clicks
+        mask = (seq.view(seq.shape[0], len(self.seq_fields), s) > 0).any(1)  # [B, S]
+        return self.attention(rows[:, 1:], rows[:, 0], mask)
 
 
 def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embedding | None:
@@ -99,6 +129,28 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
     table = nn.Embedding(sum(card[j] for j in cols), dim, sparse=sparse)
     nn.init.normal_(table.weight, std=0.01)  # small: ids start near-neutral (bench/train_bench.py --peer-config: +0.0015 AUC vs std 0.05)
     return table
+
+
+class TargetAttention(nn.Module):
+    """DIN target attention (Zhou et al. 2018): a small MLP scores each sequence item against the candidate from
+    [s, c, s - c, s * c]; softmax over the unmasked items; the pooled vector is their weighted sum.
+    seq [B, S, D], cand [B, D], mask [B, S] bool (False = padding) -> [B, D]. Padding gets weight exactly 0
+    (so its vectors cannot change the output), and a row without any item pools to zeros. `last_weights`
+    [B, S] keeps the weights of the last call (diagnostics and tests)."""
+
+    def __init__(self, dim: int, hidden: int = 36):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, seq: torch.Tensor, cand: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        c = cand.unsqueeze(1).expand_as(seq)
+        score = self.mlp(torch.cat([seq, c, seq - c, seq * c], -1)).squeeze(-1).float()  # [B, S]
+        # A large finite negative, not -inf: an all-padding row then gets finite uniform weights (zeroed below)
+        # instead of NaN, whose gradient would poison the step.
+        w = torch.softmax(score.masked_fill(~mask, -1e9), -1) * mask
+        self.last_weights = w.detach()
+        return torch.einsum("bs,bsd->bd", w.to(seq.dtype), seq)
 
 
 class CrossNet(nn.Module):

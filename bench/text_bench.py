@@ -17,7 +17,9 @@ Prints one JSON line per variant, then a Markdown table.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 import shutil
 import sys
 import time
@@ -70,6 +72,13 @@ def _aucs(run_dir: Path, model_dir: str, seen_queries: set[int]) -> dict[str, fl
         out["search_ctr_seen"] = auc(y_click[seen], p_ctr[seen])
         out["search_ctr_unseen"] = auc(y_click[unseen], p_ctr[unseen])
         out["unseen_share"] = float(unseen.sum() / max(search.sum(), 1))
+        # The same split among queries of 3+ words only: seen queries are mostly short generic ones ("mug",
+        # where every shown item matches), unseen ones longer and specific, so the plain split mixes two things.
+        index = pl.read_parquet(run_dir / "features" / "state" / "text_index.parquet")
+        words = dict(zip(index["row"].to_list(), (len(t.split()) for t in index["text"].to_list())))
+        long = np.array([words.get(int(r), 0) >= 3 for r in q])
+        out["search_ctr_seen_3w"] = auc(y_click[seen & long], p_ctr[seen & long])
+        out["search_ctr_unseen_3w"] = auc(y_click[unseen & long], p_ctr[unseen & long])
     return out
 
 
@@ -92,6 +101,56 @@ def titles_per_s(landing: Path, n: int, tcfg) -> float:
     t0 = time.perf_counter()
     embed(titles, tcfg, enc, progress=False)
     return len(titles) / (time.perf_counter() - t0)
+
+
+def _window(landing: Path, days: list[str]):
+    """Raw rows of `days` (impressions joined with the items' titles), as build_features gives the fine-tune."""
+    import polars as pl
+
+    items = pl.read_parquet(landing / "items.parquet").select("item_id", "title")
+    imp = pl.concat([pl.read_parquet(landing / "impressions" / f"dt={d}") for d in days], how="diagonal_relaxed")
+    return imp.join(items, on="item_id", how="left")
+
+
+def probe(args, landing: Path, dates: list[str], base: list[str]) -> None:
+    """--probe: fine-tune settings compared without training models: fine-tune wall time, held-out recall@k,
+    and the search-ctr AUC of the query-title cosine alone on the test days (seen / unseen queries)."""
+    import dataclasses
+
+    import polars as pl
+
+    from pipeline.config import load_config
+    from pipeline.evaluation.metrics import auc
+    from pipeline.features.finetune import finetune
+    from pipeline.features.text import embed, load_encoder
+
+    train = _window(landing, dates[:args.train_days])
+    test = _window(landing, dates[-args.test_days:]).filter(pl.col("surface") == "search")
+    seen = np.isin(test["query"].to_numpy(), train["query"].drop_nulls().unique().to_numpy())
+    y = test["clicked"].to_numpy()
+    words = [set(re.split(r"[^a-z0-9]+", (t or "").lower())) - {""} for t in test["query"].to_list()]
+    cover = np.array([len(q & set(re.split(r"[^a-z0-9]+", t.lower()))) / max(len(q), 1)
+                      for q, t in zip(words, test["title"].to_list())])  # ~ the lexical qt_coverage feature
+    print(json.dumps({"setting": "lexical coverage", "auc": auc(y, cover), "auc_seen": auc(y[seen], cover[seen]),
+                      "auc_unseen": auc(y[~seen], cover[~seen])}), flush=True)
+    for setting in ["frozen", *args.probe]:
+        over = [] if setting == "frozen" else setting.split(",")
+        tcfg = load_config(overrides=[*base, *over]).text
+        row = {"setting": setting}
+        if setting != "frozen":
+            out = Path(args.work) / "probe" / str(abs(hash(setting)))
+            shutil.rmtree(out, ignore_errors=True)
+            info = finetune(tcfg, train, out, dt.date.fromisoformat(dates[args.train_days - 1]), args.seed)
+            row.update(seconds=round(info["fit"]["seconds"], 1), steps=info["fit"]["steps"], pairs=info["pairs"],
+                       recall=info["recall"])
+            tcfg = dataclasses.replace(tcfg, model=str(out))
+        enc = load_encoder(tcfg, device="cpu")
+        texts = sorted(set(test["query"].to_list()) | set(test["title"].to_list()))
+        vecs = dict(zip(texts, embed(texts, tcfg, enc, progress=False)))
+        cos = np.array([vecs[q] @ vecs[t] for q, t in zip(test["query"].to_list(), test["title"].to_list())])
+        row.update(cos_auc=auc(y, cos), cos_auc_seen=auc(y[seen], cos[seen]), cos_auc_unseen=auc(y[~seen], cos[~seen]),
+                   unseen_share=round(float((~seen).mean()), 3))
+        print(json.dumps(row), flush=True)
 
 
 def run_variant(name: str, base: list[str], work: Path, landing: Path, first: str, last: str) -> dict:
@@ -139,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="off,frozen,contrastive")
     p.add_argument("--set", action="append", default=[], dest="overrides", help="extra config key=value")
+    p.add_argument("--probe", action="append", default=[],
+                   help="compare fine-tune settings (comma-separated key=value, one --probe each) by the cosine "
+                        "alone, without training models (see `probe`)")
     args = p.parse_args(argv)
     import torch
 
@@ -157,20 +219,29 @@ def main(argv: list[str] | None = None) -> None:
     base = [f"data.train_days={args.train_days}", "data.valid_days=1", f"data.test_days={args.test_days}",
             f"train.epochs={args.epochs}", f"train.threads={args.threads}", f"text.finetune_pairs={args.pairs}",
             "text.finetune_batch_size=32", *args.overrides]
+    if args.probe:
+        return probe(args, landing, dates, base)
     tcfg = load_config(overrides=base).text
     rows = [{"variant": "encoder", "titles_per_s": round(titles_per_s(landing, 1000, tcfg), 1)}]
     print(json.dumps(rows[0]), flush=True)
     for name in args.variants.split(","):
         rows.append(run_variant(name, base, work, landing, dates[0], dates[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| variant | search ctr AUC | seen-query | unseen-query (share) | ctr AUC | cart AUC | features s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| variant | search ctr AUC | seen-query | unseen-query (share) | seen / unseen, 3+ word queries | ctr AUC "
+          "| cart AUC | features s |")
+    print("|---|---|---|---|---|---|---|---|")
     f = "{:.4f}".format
     for r in rows[1:]:
         seen = f(r["search_ctr_seen"]) if "search_ctr_seen" in r else "n/a"
         unseen = f"{f(r['search_ctr_unseen'])} ({r['unseen_share']:.2f})" if "search_ctr_unseen" in r else "n/a"
-        print(f"| {r['variant']} | {f(r['search_ctr'])} | {seen} | {unseen} | {f(r['ctr'])} | {f(r['cart'])} "
+        long = (f"{f(r['search_ctr_seen_3w'])} / {f(r['search_ctr_unseen_3w'])}" if "search_ctr_seen_3w" in r
+                else "n/a")
+        print(f"| {r['variant']} | {f(r['search_ctr'])} | {seen} | {unseen} | {long} | {f(r['ctr'])} | {f(r['cart'])} "
               f"| {r['features_s']} |")
+    print(f"\nfrozen encoder: {rows[0]['titles_per_s']} titles/s")
+    for r in rows[1:]:
+        if "finetune" in r:
+            print(f"{r['variant']}: fine-tune {json.dumps(r['finetune'])}")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,11 @@ class TextConfig:
     finetune_epochs: int = 1
     finetune_batch_size: int = 64  # contrastive: pairs per step (in-batch negatives = batch - 1)
     finetune_lr: float = 2e-5  # both modes: the encoder's own learning rate
-    finetune_layers: int = 2  # joint: top transformer layers that train (the rest stay frozen)
+    finetune_layers: int = 2  # both modes: top transformer layers that train (the rest stay frozen)
     finetune_heldout: float = 0.1  # contrastive: share of pairs held out for recall@k
     finetune_recall_k: int = 10
+    finetune_coclick_share: float = 0.25  # contrastive: most share of the pairs that are co-clicks (rest: queries)
+    finetune_hard_negatives: bool = True  # contrastive: a query pair's unclicked title shown above joins the batch
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,9 @@ def _validate_text(t: TextConfig) -> None:
     _check(t.finetune_every_days >= 0, "text.finetune_every_days must be >= 0 (0 = fine-tune every run)")
     _check(0 < t.finetune_lr < 1, f"text.finetune_lr must be in (0, 1), got {t.finetune_lr}")
     _check(0 < t.finetune_heldout <= 0.5, f"text.finetune_heldout must be in (0, 0.5], got {t.finetune_heldout}")
-    layers = encoder_layers(t.model) if t.finetune == "joint" else None
+    _check(0 <= t.finetune_coclick_share <= 1,
+           f"text.finetune_coclick_share must be in [0, 1], got {t.finetune_coclick_share}")
+    layers = encoder_layers(t.model) if t.finetune != "false" else None
     _check(layers is None or t.finetune_layers <= layers,
            f"text.finetune_layers={t.finetune_layers} exceeds the {layers} transformer layers of text.model={t.model!r}")
 

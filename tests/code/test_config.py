@@ -75,6 +75,7 @@ def test_home_defaults_to_env(monkeypatch, tmp_path):
         (["text.finetune_heldout=0.9"], "text.finetune_heldout"),
         (["text.finetune_recall_k=0"], "text.finetune_recall_k"),
         (["text.finetune_epochs=0"], "text.finetune_epochs"),
+        (["text.finetune_coclick_share=1.5"], "text.finetune_coclick_share"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_the_key(overrides, fragment):

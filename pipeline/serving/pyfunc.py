@@ -7,6 +7,8 @@ columns; missing user/item columns are joined from the snapshots stored in the b
 The bundle (one MLflow artifact folder) mirrors a run folder, so the same code reads both:
 
     bundle/models/mtl/            model.pt + meta.json          (pipeline.training.train.load_trained)
+    bundle/models/mtl/encoder/    text.finetune=joint only: the trained encoder (its one copy) and tokenizer;
+                                  texts new to the model are encoded by it (pipeline.serving.joint_text)
     bundle/features/feature_spec.json, features/state/          (pipeline.features.build.transform)
     bundle/snapshots/users.parquet, items.parquet               users/items as of the data date
     bundle/serving.json                                         tasks, fused-score exponents, lineage
@@ -28,6 +30,7 @@ from mlflow.pyfunc import PythonModel
 from pipeline.data import schema
 from pipeline.errors import DataValidationError, MTLError
 from pipeline.serving.fused import PRICE, fused_score
+from pipeline.serving.joint_text import JointText
 from pipeline.serving.request import (
     ITEM_COLS,
     REQUIRED,
@@ -122,6 +125,7 @@ class MTLModel(PythonModel):
         except OSError:
             cache = ""  # a read-only or missing volume: new texts are still embedded, just not kept on disk
         self.cache = cache
+        self.joint = JointText.of(self.model, self.bundle)
 
     def score_frame(self, rows: pl.DataFrame) -> pd.DataFrame:
         """Checked raw rows [N] -> pandas with event_id, p_<task> [N], score [N]."""
@@ -148,7 +152,13 @@ class MTLModel(PythonModel):
         data = from_frame(feats, self.spec, tasks, where="scoring request")
         if texts is not None and data.text is not None:  # stored rows, then texts new to the model
             data.text_table = torch.from_numpy(texts)
-        probs = predict(self.model, data)
+        if self.joint is None:
+            probs = predict(self.model, data)
+        else:  # text.finetune=joint: texts new to the model are encoded by its own transformer
+            cols = [c for c in ("title", "query") if f"text__{c}" in feats.columns]
+            extra = self.joint.new_tokens({c: feats[f"text__{c}"].to_numpy() for c in cols},
+                                          {c: rows[c].to_list() for c in cols}, 0 if texts is None else len(texts))
+            probs = self.joint.predict(self.model, data, extra)
         by_task = {t: probs[:, j] for j, t in enumerate(tasks)}
         price = rows[PRICE].to_numpy() if PRICE in exps else None
         out = {"event_id": rows["event_id"].to_numpy()}

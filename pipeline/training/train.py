@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 RESULT_MARK = "MTL-RESULT:"  # the line pipeline.training.launch reads from rank 0's stdout
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
+JOINT_ENCODER_DIR = "encoder"  # text.finetune=joint: the trained encoder (safetensors + tokenizer) beside model.pt
 
 
 def model_plan(cfg: Config, name: str) -> tuple[str, tuple[str, ...], ModelConfig, str]:
@@ -115,10 +116,10 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     if rank == 0:
         with atomic_path(model_dir) as tmp:
             tmp.mkdir(parents=True)
-            torch.save(model.state_dict(), tmp / MODEL_FILE)
+            torch.save(_weights(model, joint), tmp / MODEL_FILE)
             write_json(tmp / META_FILE, meta)
             if joint:
-                _save_joint_encoder(cfg, model, inputs, tmp / "encoder", run_id)
+                _save_joint_encoder(cfg, model, inputs, tmp / JOINT_ENCODER_DIR, run_id)
         ckpt.unlink(missing_ok=True)
         for folder in (ckpt.parent, ckpt.parent.parent):  # drop the checkpoint folders once empty
             with contextlib.suppress(OSError):
@@ -127,9 +128,17 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
             "valid": {**best["valid"], "metric": best["metric"]}}
 
 
+def _weights(model: Any, joint: bool) -> dict[str, Any]:
+    """What model.pt holds: the state_dict, less a joint encoder's transformer (stored once, in encoder/)."""
+    from pipeline.models.text_tower import stored_state
+
+    return stored_state(model) if joint else model.state_dict()
+
+
 def _save_joint_encoder(cfg: Config, model: Any, inputs: Any, folder: Path, run_id: str) -> None:
-    """The jointly trained encoder as its own versioned folder (safetensors + tokenizer, text.save_encoder), so
-    unseen texts can be embedded with the weights the model was trained with."""
+    """The jointly trained encoder as its own versioned folder (safetensors + tokenizer, text.save_encoder): the
+    only copy of its weights (model.pt leaves them out), read back by `load_trained`, and the tokenizer with
+    which serving tokenizes texts new to the model."""
     from pipeline.features.text import load_tokenizer, save_encoder
 
     info = inputs.text_encoder
@@ -219,7 +228,13 @@ def load_trained(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                           for k, v in meta["config"]["model"].items() if k in fields})
     model = models.build(meta["model"], InputSpec.from_dict(meta["inputs"]), mcfg, tuple(meta["tasks"]))
-    model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
+    state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    if meta["inputs"].get("text_encoder"):  # text.finetune=joint: the transformer's weights are in encoder/
+        from pipeline.models.text_tower import load_stored_state
+
+        load_stored_state(model, state, model_dir / JOINT_ENCODER_DIR)
+    else:
+        model.load_state_dict(state)
     return model.eval(), meta
 
 

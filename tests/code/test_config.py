@@ -71,6 +71,7 @@ def test_home_defaults_to_env(monkeypatch, tmp_path):
         (["text.finetune_every_days=-1"], "text.finetune_every_days"),
         (["text.finetune_lr=0"], "text.finetune_lr"),
         (["text.finetune_layers=0"], "text.finetune_layers"),
+        (["text.finetune=joint", "text.finetune_layers=7"], "text.finetune_layers=7 exceeds the 6 transformer"),
         (["text.finetune_heldout=0.9"], "text.finetune_heldout"),
         (["text.finetune_recall_k=0"], "text.finetune_recall_k"),
         (["text.finetune_epochs=0"], "text.finetune_epochs"),
@@ -79,11 +80,31 @@ def test_home_defaults_to_env(monkeypatch, tmp_path):
         (["features.sequence_length=5", "features.categorical=[user_id, category]"], "must also be in"),
         (["features.sequence_fields=[item_id, title]"], "features.sequence_fields"),
         (["features.sequence_fields=[]"], "features.sequence_fields"),
+        (["text.finetune_coclick_share=1.5"], "text.finetune_coclick_share"),
     ],
 )
 def test_bad_overrides_raise_config_error_naming_the_key(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
         load_config(overrides=overrides)
+
+
+def test_finetune_layers_are_checked_against_the_encoder_folder_without_transformers(tmp_path):
+    """The layer count comes from the folder's config.json (checked at config time, no transformers import); a
+    hub name that does not resolve locally is left to the trainer, which loads the encoder."""
+    import subprocess
+    import sys
+
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "config.json").write_text('{"num_hidden_layers": 3, "hidden_size": 8}')
+    load_config(overrides=["text.finetune=joint", f"text.model={enc}", "text.finetune_layers=3"])
+    with pytest.raises(ConfigError, match=r"text.finetune_layers=4 exceeds the 3 transformer layers"):
+        load_config(overrides=["text.finetune=joint", f"text.model={enc}", "text.finetune_layers=4"])
+    load_config(overrides=["text.finetune=joint", "text.model=some-org/not-here", "text.finetune_layers=40"])
+    load_config(overrides=["text.finetune_layers=40"])  # frozen: the key does not apply
+    code = ("import sys; from pipeline.config import load_config; load_config(overrides=['text.finetune=joint']); "
+            "assert 'transformers' not in sys.modules and 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_bad_files(tmp_path):

@@ -3,6 +3,7 @@ the run's features (and so with the model bundle), reuse for text.finetune_every
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -57,8 +58,38 @@ def test_click_pairs_match_a_brute_force_reading():
     assert sorted(pairs["query"]) == [("lamp", "Mi lamp"), ("red mug", "Ka red mug")]  # deduplicated
     # same user, same day, consecutive clicks on different titles (u1's next-day click is another session)
     assert sorted(pairs["coclick"]) == [("Ka red mug", "Zo blue mug"), ("Zo blue mug", "Ka red mug")]
-    capped = click_pairs(rows, TextConfig(finetune_pairs=2))
+    assert pairs["negatives"] == {}  # no request_id / position: no hard negatives
+    capped = click_pairs(rows, TextConfig(finetune_pairs=2, finetune_coclick_share=0.5))
     assert len(capped["query"]) + len(capped["coclick"]) == 2 and len(capped["coclick"]) == 1
+    assert len(click_pairs(rows, TextConfig(finetune_pairs=2))["coclick"]) == 0  # default share 0.25: queries first
+    only_co = click_pairs(rows.with_columns(pl.lit(None, pl.String).alias("query")), TextConfig(finetune_pairs=2))
+    assert len(only_co["coclick"]) == 2  # no query pairs: co-clicks fill the cap
+
+
+def test_hard_negative_is_the_highest_shown_unclicked_title_of_the_request():
+    t0 = dt.datetime(2026, 4, 1, 10)
+    rows = pl.DataFrame({
+        "request_id": ["r1"] * 4 + ["r2"] * 3 + ["r3"] * 2,
+        "position": [0, 1, 2, 3, 0, 1, 2, 0, 1],
+        "user_id": ["u1"] * 4 + ["u2"] * 3 + ["u3"] * 2,
+        "ts": [t0] * 9,
+        "query": ["red mug"] * 4 + ["lamp"] * 3 + [None] * 2,
+        "title": ["Ka red mug", "Zo blue mug", "Ka red mug", "Po green mug", "Mi lamp", "Mi lamp", "Zo lamp",
+                  "A", "B"],
+        "clicked": [0, 0, 1, 0, 1, 0, 0, 0, 1],
+    })
+    pairs = click_pairs(rows, TextConfig(finetune_pairs=100))
+    # Brute force: per clicked search row, its request's unclicked titles by position, its own title left out
+    # (r1's "Ka red mug" at 0 is the positive itself, shown twice; r2's "Mi lamp" at 1 likewise).
+    want = {}
+    for r in rows.filter((pl.col("clicked") == 1) & pl.col("query").is_not_null()).iter_rows(named=True):
+        shown = rows.filter((pl.col("request_id") == r["request_id"]) & (pl.col("clicked") == 0)
+                            & (pl.col("title") != r["title"])).sort("position")
+        if shown.height:
+            want[(r["query"], r["title"])] = shown["title"][0]
+    assert want == {("red mug", "Ka red mug"): "Zo blue mug", ("lamp", "Mi lamp"): "Zo lamp"}
+    assert pairs["negatives"] == want
+    assert not click_pairs(rows, TextConfig(finetune_pairs=100, finetune_hard_negatives=False))["negatives"]
 
 
 def test_heldout_split_keeps_an_anchor_on_one_side():
@@ -80,6 +111,10 @@ def test_recall_at_k_and_mnrl_match_brute_force():
     ta, tb = torch.tensor(a), torch.tensor(b)
     manual = np.mean([-np.log(np.exp(20 * a[i] @ b[i]) / np.exp(20 * a[i] @ b.T).sum()) for i in range(12)])
     assert float(mnrl_loss(ta, tb)) == pytest.approx(manual, rel=1e-6)
+    # Hard negatives: extra candidate rows after the positives, negatives of every anchor.
+    c = np.concatenate([b, -b[:3]])
+    manual = np.mean([-np.log(np.exp(20 * a[i] @ c[i]) / np.exp(20 * a[i] @ c.T).sum()) for i in range(12)])
+    assert float(mnrl_loss(ta, torch.tensor(c))) == pytest.approx(manual, rel=1e-6)
 
 
 def test_contrastive_encoder_is_fitted_versioned_stored_and_reused(tail_landing, tmp_path, capsys):
@@ -181,7 +216,7 @@ def test_joint_step_trains_the_top_layers_at_their_own_rate_and_versions_the_enc
                                      cfg.train)[-1].param_groups
     assert [g["lr"] for g in groups if g["params"][0] is tuned[top[0]]] == [1e-3]
     assert all(tuned[top[0]] is not p for g in groups if g["lr"] != 1e-3 for p in g["params"])
-    # The saved model (model.pt carries the encoder and its token ids) predicts as the trained one.
+    # The saved model (model.pt: the token ids; encoder/: the transformer, its one copy) predicts as the trained one.
     valid = dataset.load_split(lay.run_dir(DAYS[2]), "valid", tuple(meta["tasks"]))
     p1 = predict(model, valid.slice(0, 300))
     p2 = predict(load_trained(out["model_dir"])[0], valid.slice(0, 300))
@@ -220,3 +255,64 @@ def test_card_says_which_encoder_and_on_which_pairs():
     assert "top 2 layer(s) trained jointly" in _text_line(load_config(overrides=["text.finetune=joint"]), {}, joint)
     assert "frozen" in _text_line(load_config(), {}, {})
     assert _text_line(load_config(overrides=["text.enabled=false"]), {}, {}) == "- text tower: off"
+
+
+def test_joint_model_serves_new_texts_with_its_own_encoder_stored_once(tail_landing, tmp_path, fast_overrides):
+    """A served row whose title the model never saw is scored with that title encoded by the model's own jointly
+    trained encoder (reference: the saved encoder folder embedding the request's texts into a plain table, the
+    frozen path), not with the zero row; the encoder's weights are stored once, in encoder/."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.features.build import serve_features
+    from pipeline.features.dataset import from_frame
+    from pipeline.serving.pyfunc import MTLModel, build_bundle, serving_info
+    from pipeline.serving.request import join_snapshots
+    from pipeline.training.train import predict, train_model
+
+    lay = _lake(tail_landing, tmp_path / "home")
+    over = [*[o for o in fast_overrides if not o.startswith("text.")], "data.train_days=1", "features.history=false",
+            "text.finetune=joint", "text.finetune_layers=1", "text.max_length=12", "text.finetune_lr=1e-3",
+            "train.batch_size=1024"]
+    cfg = load_config(overrides=over, home=lay.home)
+    build_features(cfg, DAYS[2])
+    out = train_model(cfg, DAYS[2], "mtl")
+    stored = torch.load(Path(out["model_dir"]) / "model.pt", weights_only=True)
+    assert not [k for k in stored if ".text_encoder.model." in k] and "features.text_encoder.tokens" in stored
+    bundle = build_bundle(lay.run_dir(DAYS[2]), tmp_path / "bundle", lay.snapshot("users", DAYS[0]),
+                          lay.snapshot("items", DAYS[0]), serving_info(cfg, list(cfg.model.tasks)))
+    served = MTLModel(history_from="", text_cache="")
+    served.load_context(SimpleNamespace(artifacts={"bundle": str(bundle)}))
+
+    raw = pl.read_parquet(next(lay.impressions_dir(DAYS[3]).glob("*.parquet"))).head(40).drop(
+        "clicked", "carted", "purchased")
+    rows = join_snapshots(raw, served.users, served.items)
+    new_title = pl.Series(["zqx hoverlamp"] * 3 + rows["title"].to_list()[3:])
+    rows = rows.with_columns(new_title.alias("title"))
+    got = served.predict(None, rows.to_pandas())
+    # Reference: the same rows through the frozen-table path, the table embedded by the saved encoder folder.
+    feats, table = serve_features(rows, bundle / "features" / "state", None, None)
+    assert int(feats["text__title"][0]) >= served.joint.encoder.tokens.shape[1]  # a row past the stored ones
+    tcfg = dataclasses.replace(served.joint.tcfg)
+    encoder = load_encoder(tcfg, device="cpu", path=bundle / "models" / "mtl" / "encoder")
+    ref_table = np.zeros_like(table)
+    for col in ("title", "query"):
+        for i, t in zip(feats[f"text__{col}"].to_list(), rows[col].to_list()):
+            if i:
+                ref_table[i] = embed([t], tcfg, encoder, progress=False)[0]
+    data = from_frame(feats.with_columns(*[pl.lit(0, pl.Int8).alias(c) for c in ("clicked", "carted", "purchased")]),
+                      served.spec, tuple(served.meta["tasks"]))
+    data.text_table = torch.from_numpy(ref_table)
+    model = served.model
+    joint, model.features.text_encoder = model.features.text_encoder, None
+    try:
+        want = predict(model, data)
+        data.text_table = torch.from_numpy(np.where(np.arange(len(ref_table))[:, None] < joint.tokens.shape[1],
+                                                    ref_table, 0.0).astype(np.float32))
+        zero_row = predict(model, data)  # what serving gave before: the zero row for the new title
+    finally:
+        model.features.text_encoder = joint
+    ctr = served.meta["tasks"].index("ctr")
+    assert np.allclose(got["p_ctr"].to_numpy(), want[:, ctr], atol=1e-5)
+    assert np.abs(got["p_ctr"].to_numpy()[:3] - zero_row[:3, ctr]).max() > 1e-4

@@ -72,6 +72,12 @@ def _key(table: str, r) -> tuple[str, str, str]:
     return table, str(cfg.kwargs.get("column", "*")), (cfg.meta or {}).get("rule", cfg.type)
 
 
+def _key(table: str, r) -> tuple[str, str, str]:
+    """(table, column, rule) of one expectation result, as its RuleFailure would name it."""
+    cfg = r.expectation_config
+    return table, str(cfg.kwargs.get("column", "*")), (cfg.meta or {}).get("rule", cfg.type)
+
+
 def _exception_message(info) -> str | None:
     """The message of a raised exception in GX's `exception_info` (flat, or keyed by metric id), else None."""
     if not isinstance(info, dict):
@@ -134,14 +140,27 @@ class SuiteRunner:
         entry = self.merged.setdefault(f"{table}[{label}]", {"failures": {}, "ok": None, "evaluated": 0})
         for run_result in result.run_results.values():
             found, _ = _failures(table, label, run_result)
-            ok = {j for j, r in enumerate(run_result.results) if r.success}  # the suite's order is fixed
+            keys = [_key(table, r) for r in run_result.results]  # the suite's order is fixed
+            entry["keys"] = keys
+            ok = {j for j, r in enumerate(run_result.results) if r.success or keys[j] in skip}
             entry["evaluated"] = max(entry["evaluated"], len(run_result.results))
             entry["ok"] = ok if entry["ok"] is None else entry["ok"] & ok
-            for f in found:
-                key = (f.table, f.column, f.rule)
-                old = entry["failures"].get(key)
-                entry["failures"][key] = f if old is None else RuleFailure(
-                    f.table, f.column, f.rule, old.count + f.count, (old.examples + f.examples)[:3])
+            self._merge(entry, [f for f in found if (f.table, f.column, f.rule) not in skip])
+
+    def add(self, table: str, label: str, failures: list[RuleFailure]) -> None:
+        """Merge failures found outside GX into the result of an expectation already run under `label`."""
+        entry = self.merged[f"{table}[{label}]"]
+        bad = {(f.table, f.column, f.rule) for f in failures}
+        entry["ok"] = {j for j in entry["ok"] if entry["keys"][j] not in bad}
+        self._merge(entry, failures)
+
+    @staticmethod
+    def _merge(entry: dict, failures: list[RuleFailure]) -> None:
+        for f in failures:
+            key = (f.table, f.column, f.rule)
+            old = entry["failures"].get(key)
+            entry["failures"][key] = f if old is None else RuleFailure(
+                f.table, f.column, f.rule, old.count + f.count, (old.examples + f.examples)[:3])
 
     def finish(self) -> tuple[list[RuleFailure], dict]:
         """Build the Data Docs once (over every stored result) -> (failures, {"table[label]": counts})."""

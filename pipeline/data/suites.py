@@ -137,6 +137,7 @@ class SuiteRunner:
         frame = data.to_pandas() if hasattr(data, "to_pandas") else data
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         del frame
+        self._drop_batches()
         entry = self.merged.setdefault(f"{table}[{label}]", {"failures": {}, "ok": None, "evaluated": 0})
         for run_result in result.run_results.values():
             found, _ = _failures(table, label, run_result)
@@ -146,6 +147,13 @@ class SuiteRunner:
             entry["evaluated"] = max(entry["evaluated"], len(run_result.results))
             entry["ok"] = ok if entry["ok"] is None else entry["ok"] & ok
             self._merge(entry, [f for f in found if (f.table, f.column, f.rule) not in skip])
+
+    def _drop_batches(self) -> None:
+        """Let go of the batches GX caches in the data source's execution engine: it keeps every batch's
+        dataframe for the life of the context (about a day of rows per staged day otherwise)."""
+        manager = self.source.get_execution_engine().batch_manager
+        manager.reset_batch_cache()
+        manager.batch_data_cache.clear()
 
     def add(self, table: str, label: str, failures: list[RuleFailure]) -> None:
         """Merge failures found outside GX into the result of an expectation already run under `label`."""

@@ -78,7 +78,7 @@ class _Checks:
         self.history = {d: rules.day_stats(g) for (d,), g in frame.group_by("dt")} if frame is not None else {}
         self.hashes: dict[str, object] = {}  # iso day -> uint64 [n] sorted hashes of its ids (for the index)
         self.seen_h = self.seen_d = None  # sorted hashes of the earlier staged days and their day ordinals
-        self.first_seen = []
+        self.first_seen = None  # polars (user_id, first_ts) over the staged days so far
         self.failures, self.drift, self.stats = [], [], {}
 
     def day(self, day: str, imp, users, items) -> None:
@@ -114,7 +114,9 @@ class _Checks:
             merged = np.argsort(h, kind="stable")
             h, seen_d = h[merged], seen_d[merged]
         self.seen_h, self.seen_d = h, seen_d
-        self.first_seen.append(imp.group_by("user_id").agg(pl.col("ts").min().alias("first_ts")))
+        day_first = imp.group_by("user_id").agg(pl.col("ts").min().alias("first_ts"))
+        self.first_seen = day_first if self.first_seen is None else (  # one row per user, not per day
+            pl.concat([self.first_seen, day_first]).group_by("user_id").agg(pl.col("first_ts").min()))
 
     def _gx(self, day: str, imp) -> None:
         """GX on the day in chunks of `validation.gx_chunk_rows` rows; a chunked day's uniqueness of event_id
@@ -162,9 +164,8 @@ class _Checks:
 
         from pipeline.data import rules
 
-        seen = pl.concat(self.first_seen) if self.first_seen else pl.DataFrame(
+        first = self.first_seen if self.first_seen is not None else pl.DataFrame(
             schema={"user_id": pl.String, "first_ts": pl.Datetime("us", "UTC")})
-        first = seen.group_by("user_id").agg(pl.col("first_ts").min())
         return rules.check_snapshots(users, items, first)
 
 

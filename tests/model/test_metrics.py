@@ -264,3 +264,17 @@ def test_bootstrap_same_seed_same_interval_as_row_weights():
     assert out["resamples"] == used == 40
     assert out["lo"] == pytest.approx(lo, abs=1e-12) and out["hi"] == pytest.approx(hi, abs=1e-12)
     assert out["lo"] < out["diff"] < out["hi"]
+
+
+def test_roc_points_thinned_keep_the_ends_and_lie_on_the_curve():
+    from pipeline.evaluation.plots import roc_points
+
+    rng = np.random.default_rng(7)
+    y = (rng.random(5_000) < 0.3).astype(float)
+    s = rng.random(5_000)
+    full = roc_points(y, s)
+    fpr, tpr = roc_points(y, s, max_points=100)
+    assert 90 <= len(fpr) <= 100 and (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    on_curve = set(zip(*full))
+    assert all((f, t) in on_curve for f, t in zip(fpr, tpr))
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auc(y, s), abs=5e-3)

@@ -45,7 +45,7 @@ def _timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
 
 def _has_stage(mtl: str, stage: str, env: dict) -> bool:
     """Whether this version's CLI has `stage` (the aggregate stage is newer than the bench)."""
-    return subprocess.run([mtl, stage, "--help"], env=env, capture_output=True).returncode == 0
+    return subprocess.run([mtl, stage, "--help"], check=False, env=env, capture_output=True).returncode == 0
 
 
 def _extra_settings() -> list[str]:

@@ -56,7 +56,8 @@ def _index_catch_up(index, layout: Layout, days: list[dt.date]) -> None:
 class _Checks:
     """The contract rules, the drift check and the GX suites over the staged days, one day at a time.
 
-    Holds per staged day only its sorted id hashes and stats (8 + 4 bytes a row), never the days' rows: a day
+    Holds per staged day only its sorted id hashes (twice: for the index and merged with the earlier days, with
+    their day: 20 bytes a row) and its stats, never the days' rows: a day
     is read, checked and dropped. The "event_id seen on an earlier day" rule looks each day's ids up in the
     lake's event-id index and in the hashes of the earlier staged days, and confirms every hash hit on the hit
     day's real ids (a 64-bit hash can collide).

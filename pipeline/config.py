@@ -44,6 +44,9 @@ class ValidationConfig:
     # A label rate is compared only when the trailing rate predicts at least this many positives on the day:
     # below it, a zero or doubled count is sampling noise, not drift.
     drift_min_positives: int = 20
+    # Great Expectations sees pandas only: a staged day over this many rows is checked in chunks of it, so
+    # validation holds about one chunk in pandas whatever the day's size.
+    gx_chunk_rows: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -406,6 +409,7 @@ def validate_config(cfg: Config) -> None:
            "validation.drift_days must be >= 1 and validation.drift_min_positives >= 0")
     _check(all(0 <= b[0] <= 1 <= b[1] for b in (v.row_count_band, v.label_rate_band)),
            "validation.row_count_band / label_rate_band must be (low <= 1, high >= 1)")
+    _check(v.gx_chunk_rows >= 1, "validation.gx_chunk_rows must be >= 1")
     _check(all(w >= 1 for w in cfg.features.history_windows), "features.history_windows must be >= 1 day")
     _check(0 <= cfg.features.sequence_length <= 100, "features.sequence_length must be in [0, 100] (0 = off)")
     fields = cfg.features.sequence_fields

@@ -40,6 +40,25 @@ def id_hashes(ids: Iterable[str]) -> np.ndarray:
                         for i in ids), dtype=np.uint64)
 
 
+def search(h: np.ndarray, d: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into `hashes`, day ordinals) of every entry of the sorted run (`h` uint64 [n], `d` [n]) equal
+    to one of `hashes` (a hash may repeat in a run: the same id on several days)."""
+    pos: list[int] = []
+    days: list[int] = []
+    if len(h) == 0 or len(hashes) == 0:
+        return np.asarray(pos, dtype=np.int64), np.asarray(days, dtype=np.int64)
+    at = np.searchsorted(h, hashes)
+    ok = at < len(h)
+    ok[ok] = h[at[ok]] == hashes[ok]
+    for i in np.flatnonzero(ok):
+        j = at[i]
+        while j < len(h) and h[j] == hashes[i]:
+            pos.append(int(i))
+            days.append(int(d[j]))
+            j += 1
+    return np.asarray(pos, dtype=np.int64), np.asarray(days, dtype=np.int64)
+
+
 class EventIdIndex:
     """The index of one lake folder. Use `lookup` before publishing and `add` after (under `locked`)."""
 
@@ -67,21 +86,12 @@ class EventIdIndex:
 
     def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions into `hashes`, day ordinals) of every indexed entry equal to one of `hashes`."""
-        pos, days = [], []
+        pos, days = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for run in self.manifest()["runs"]:
-            h, d = self._arrays(run["name"])
-            if len(h) == 0:
-                continue
-            at = np.searchsorted(h, hashes)
-            ok = at < len(h)
-            ok[ok] = h[at[ok]] == hashes[ok]
-            for i in np.flatnonzero(ok):  # a hash may repeat inside a run (the same id on several days)
-                j = at[i]
-                while j < len(h) and h[j] == hashes[i]:
-                    pos.append(i)
-                    days.append(int(d[j]))
-                    j += 1
-        return np.asarray(pos, dtype=np.int64), np.asarray(days, dtype=np.int64)
+            p, d = search(*self._arrays(run["name"]), hashes)
+            pos.append(p)
+            days.append(d)
+        return np.concatenate(pos), np.concatenate(days)
 
     def add(self, day: dt.date, hashes: np.ndarray, sha256: str) -> None:
         """Index `day`'s ids (call under `locked`). Same content again: nothing; other content: replaced."""

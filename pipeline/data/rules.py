@@ -23,6 +23,11 @@ def _fail(table: str, column: str, rule: str, bad, cols: list[str]) -> list[Rule
     return [RuleFailure(table, column, rule, bad.height, rows)]
 
 
+def failed_rows(table: str, column: str, rule: str, bad, cols: list[str]) -> list[RuleFailure]:
+    """`_fail` for callers outside this module (validate's whole-day checks of a chunked GX day)."""
+    return _fail(table, column, rule, bad, cols)
+
+
 def _jsonable(row: dict) -> dict:
     """Example rows for reports: dates as ISO text, inf/NaN as text (JSON has neither)."""
     def plain(v):

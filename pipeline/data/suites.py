@@ -66,6 +66,18 @@ def _failures(table: str, label: str, result) -> tuple[list[RuleFailure], dict]:
     return failures, {"evaluated": len(result.results), "successful": n_ok}
 
 
+def _key(table: str, r) -> tuple[str, str, str]:
+    """(table, column, rule) of one expectation result, as its RuleFailure would name it."""
+    cfg = r.expectation_config
+    return table, str(cfg.kwargs.get("column", "*")), (cfg.meta or {}).get("rule", cfg.type)
+
+
+def _key(table: str, r) -> tuple[str, str, str]:
+    """(table, column, rule) of one expectation result, as its RuleFailure would name it."""
+    cfg = r.expectation_config
+    return table, str(cfg.kwargs.get("column", "*")), (cfg.meta or {}).get("rule", cfg.type)
+
+
 def _exception_message(info) -> str | None:
     """The message of a raised exception in GX's `exception_info` (flat, or keyed by metric id), else None."""
     if not isinstance(info, dict):
@@ -83,34 +95,98 @@ def _plain(x):
     return x.item() if hasattr(x, "item") and callable(x.item) else x
 
 
-def run_suites(batches: list[tuple[str, str, object]], docs_dir: str | Path) -> tuple[list, dict]:
-    """Validate each (table, label, pyarrow Table) against its suite; build Data Docs into `docs_dir`.
+class SuiteRunner:
+    """Great Expectations over batches given one at a time, so that only one batch is in pandas at once.
 
-    Returns (failures, stats) where stats maps "table[label]" -> {"evaluated", "successful"}.
+    Batches that share a label (the chunks of the staged days) are merged into one result: an expectation is
+    successful when it passed on every batch of the label; failures of one (table, column, rule) add their
+    counts and keep the first examples. Each batch is still its own validation result in the Data Docs.
     """
-    import great_expectations as gx
 
-    ctx = _context(Path(docs_dir))
-    source = ctx.data_sources.add_pandas("landing")
-    suites = {t: ctx.suites.add(gx.ExpectationSuite(**load_suite_dict(t))) for t in {b[0] for b in batches}}
-    failures: list[RuleFailure] = []
-    stats: dict = {}
-    for i, (table, label, data) in enumerate(batches):
-        asset = source.add_dataframe_asset(f"{table}_{i}")
-        definition = ctx.validation_definitions.add(gx.ValidationDefinition(
-            name=f"{table} {label}", data=asset.add_batch_definition_whole_dataframe("all"),
-            suite=suites[table]))
-        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-            name=f"check {table} {label}", validation_definitions=[definition],
+    def __init__(self, docs_dir: str | Path):
+        import great_expectations as gx
+
+        self.gx = gx
+        self.ctx = _context(Path(docs_dir))
+        self.source = self.ctx.data_sources.add_pandas("landing")
+        self.suites: dict = {}
+        self.n = 0
+        # "table[label]" -> {"failures": {(table, column, rule): RuleFailure}, "ok": positions passed everywhere}
+        self.merged: dict[str, dict] = {}
+
+    def _suite(self, table: str):
+        if table not in self.suites:
+            self.suites[table] = self.ctx.suites.add(self.gx.ExpectationSuite(**load_suite_dict(table)))
+        return self.suites[table]
+
+    def check(self, table: str, label: str, data, skip: set = frozenset()) -> None:
+        """Validate one batch (a pyarrow Table or pandas frame) of `table` under the report label `label`.
+
+        `skip`: (table, column, rule) keys whose result on this batch is left out of the merged result (the
+        caller checks them on more than the batch and gives the outcome to `add`)."""
+        gx = self.gx
+        i, self.n = self.n, self.n + 1
+        asset = self.source.add_dataframe_asset(f"{table}_{i}")
+        definition = self.ctx.validation_definitions.add(gx.ValidationDefinition(
+            name=f"{table} {label} #{i}", data=asset.add_batch_definition_whole_dataframe("all"),
+            suite=self._suite(table)))
+        checkpoint = self.ctx.checkpoints.add(gx.Checkpoint(
+            name=f"check {table} {label} #{i}", validation_definitions=[definition],
             result_format={"result_format": "SUMMARY",
                            "unexpected_index_column_names": _index_columns(table, data)}))
         frame = data.to_pandas() if hasattr(data, "to_pandas") else data
         result = checkpoint.run(batch_parameters={"dataframe": frame})
+        del frame
+        self._drop_batches()
+        entry = self.merged.setdefault(f"{table}[{label}]", {"failures": {}, "ok": None, "evaluated": 0})
         for run_result in result.run_results.values():
-            found, stats[f"{table}[{label}]"] = _failures(table, label, run_result)
-            failures += found
-    ctx.build_data_docs(site_names=[SITE])  # once, over every stored validation result
-    return failures, stats
+            found, _ = _failures(table, label, run_result)
+            keys = [_key(table, r) for r in run_result.results]  # the suite's order is fixed
+            entry["keys"] = keys
+            ok = {j for j, r in enumerate(run_result.results) if r.success or keys[j] in skip}
+            entry["evaluated"] = max(entry["evaluated"], len(run_result.results))
+            entry["ok"] = ok if entry["ok"] is None else entry["ok"] & ok
+            self._merge(entry, [f for f in found if (f.table, f.column, f.rule) not in skip])
+
+    def _drop_batches(self) -> None:
+        """Let go of the batches GX caches in the data source's execution engine: it keeps every batch's
+        dataframe for the life of the context (about a day of rows per staged day otherwise)."""
+        manager = self.source.get_execution_engine().batch_manager
+        manager.reset_batch_cache()
+        manager.batch_data_cache.clear()
+
+    def add(self, table: str, label: str, failures: list[RuleFailure]) -> None:
+        """Merge failures found outside GX into the result of an expectation already run under `label`."""
+        entry = self.merged[f"{table}[{label}]"]
+        bad = {(f.table, f.column, f.rule) for f in failures}
+        entry["ok"] = {j for j in entry["ok"] if entry["keys"][j] not in bad}
+        self._merge(entry, failures)
+
+    @staticmethod
+    def _merge(entry: dict, failures: list[RuleFailure]) -> None:
+        for f in failures:
+            key = (f.table, f.column, f.rule)
+            old = entry["failures"].get(key)
+            entry["failures"][key] = f if old is None else RuleFailure(
+                f.table, f.column, f.rule, old.count + f.count, (old.examples + f.examples)[:3])
+
+    def finish(self) -> tuple[list[RuleFailure], dict]:
+        """Build the Data Docs once (over every stored result) -> (failures, {"table[label]": counts})."""
+        self.ctx.build_data_docs(site_names=[SITE])
+        failures = [f for e in self.merged.values() for f in e["failures"].values()]
+        stats = {k: {"evaluated": e["evaluated"], "successful": len(e["ok"] or ())} for k, e in self.merged.items()}
+        return failures, stats
+
+
+def run_suites(batches, docs_dir: str | Path) -> tuple[list, dict]:
+    """Validate each (table, label, pyarrow Table) against its suite; build Data Docs into `docs_dir`.
+
+    Returns (failures, stats) where stats maps "table[label]" -> {"evaluated", "successful"}.
+    """
+    runner = SuiteRunner(docs_dir)
+    for table, label, data in batches:
+        runner.check(table, label, data)
+    return runner.finish()
 
 
 def _index_columns(table: str, data) -> list[str]:

@@ -15,14 +15,23 @@ from pipeline.data.schema import TASKS
 from pipeline.io import read_json
 from pipeline.paths import MODELS_DIR, MTL_MODEL, baseline_name, gbdt_name
 
+ROC_POINTS = 2_000  # thresholds drawn per ROC curve
 
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
+
+def roc_points(labels: np.ndarray, scores: np.ndarray, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1).
+
+    `max_points`: keep about that many thresholds, evenly spaced along the curve, with both ends (a drawn
+    curve of millions of points costs memory and time and looks the same)."""
     order = np.argsort(-scores, kind="mergesort")
     y, s = labels[order], scores[order]
     last = np.r_[s[1:] != s[:-1], True]  # the last row of each tie run
     tp, fp = np.cumsum(y)[last], np.cumsum(1 - y)[last]
-    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+    fpr, tpr = np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+    if max_points is not None and len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(np.int64))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr, tpr
 
 
 def _names(task: str) -> tuple[str, ...]:
@@ -54,7 +63,7 @@ def _roc(run_dir: Path, report: dict, out: Path, plt) -> None:
 
     tasks = report["tasks"]
     fig, axes = _grid(len(tasks), plt)
-    frames = {n: pl.read_parquet(run_dir / rel) for n, rel in report["predictions"].items()}
+    frames = {n: _read_predictions(run_dir / rel, tasks) for n, rel in report["predictions"].items()}
     for ax, task in zip(axes, tasks):
         for name in _names(task):
             f = frames.get(name)
@@ -65,10 +74,19 @@ def _roc(run_dir: Path, report: dict, out: Path, plt) -> None:
             y = f[TASKS[task].label].to_numpy().astype(np.float64)
             if y.size == 0 or y.min() == y.max():
                 continue
-            fpr, tpr = roc_points(y, f[f"p_{task}"].to_numpy())
+            fpr, tpr = roc_points(y, f[f"p_{task}"].to_numpy(), max_points=ROC_POINTS)
             ax.plot(fpr, tpr, label=_label(name))
         _diagonal_panel(ax, f"ROC {task}", "FPR", "TPR")
     _save(fig, out / "roc.png", plt)
+
+
+def _read_predictions(path: Path, tasks: list[str]):
+    """A saved predictions file's label, sample-space and probability columns only (not its id strings)."""
+    import polars as pl
+
+    want = {*(TASKS[t].label for t in tasks), *(TASKS[t].given for t in tasks if TASKS[t].given),
+            *(f"p_{t}" for t in tasks)}
+    return pl.read_parquet(path, columns=[c for c in pl.read_parquet_schema(path) if c in want])
 
 
 def _diagonal_panel(ax, title: str, xlabel: str, ylabel: str) -> None:

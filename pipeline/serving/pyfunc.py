@@ -225,12 +225,14 @@ def input_example(cfg, report: dict[str, Any]) -> pd.DataFrame:
     layout = Layout.of(cfg.home)
     extras = run_extras(layout.run_dir(report["run_id"]))
     files = sorted(layout.impressions_dir(report["date"]).glob("*.parquet"))
-    rows = pl.read_parquet(files[0]).head(5).drop([c for c in schema.LABELS], strict=False)
+    # scans, not reads: the day and the snapshots hold millions of rows at scale, the example five
+    rows = pl.scan_parquet(files[0]).head(5).collect().drop([c for c in schema.LABELS], strict=False)
     rows = rows.select([c for c in rows.columns if c in schema.IMPRESSIONS.names or c in extras])
     for table, key, cols in (("users", "user_id", USER_COLS), ("items", "item_id", ITEM_COLS)):
-        snap = pl.read_parquet(layout.snapshot(table, report["date"]))
-        need = [c for c in snap.columns if (c in cols or c in extras) and c not in rows.columns]
-        rows = rows.join(snap.select([key, *need]), on=key, how="left", maintain_order="left")
+        snap = pl.scan_parquet(layout.snapshot(table, report["date"]))
+        need = [c for c in snap.collect_schema().names() if (c in cols or c in extras) and c not in rows.columns]
+        snap = snap.select([key, *need]).filter(pl.col(key).is_in(rows[key].implode())).collect()
+        rows = rows.join(snap, on=key, how="left", maintain_order="left")
     return rows.to_pandas()
 
 

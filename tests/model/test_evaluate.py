@@ -130,3 +130,22 @@ def test_gbdt_baseline_goes_through_evaluation_and_plots(evaluated, tmp_path):
         assert report["models"][name][task]["overall"]["auc"] == pytest.approx(ref, abs=1e-12)
     out = make_plots(run_dir, report, tmp_path / "plots")
     assert {"roc.png", "calibration.png", "auc_bars.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_served_scoring_in_request_chunks_equals_one_call(evaluated):
+    """Chunks of whole requests (here ~40 rows each) give every row the probabilities of one call over all."""
+    from pipeline.evaluation.evaluate import group_codes, raw_test_rows, request_chunks, served_mtl
+
+    cfg, run_dir, report = evaluated
+    test = pl.read_parquet(run_dir / "features" / "test.parquet")
+    raw = raw_test_rows(cfg, report["test"]["dates"], test)
+    chunks = request_chunks(group_codes(raw, "request_id"), 40)
+    assert len(chunks) > 3 and sorted(np.concatenate(chunks).tolist()) == list(range(raw.height))
+    req = raw["request_id"].to_numpy()
+    assert all(len(set(req[a]) & set(req[b])) == 0 for i, a in enumerate(chunks) for b in chunks[i + 1:])
+    whole = served_mtl(cfg, run_dir, raw, DATE, chunk_rows=raw.height)
+    chunked = served_mtl(cfg, run_dir, raw, DATE, chunk_rows=40)
+    saved = pl.read_parquet(run_dir / report["predictions"]["mtl"])
+    for task, p in whole.items():
+        np.testing.assert_allclose(chunked[task], p, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(saved[f"p_{task}"].to_numpy(), p, rtol=0, atol=1e-6)

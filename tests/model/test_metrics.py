@@ -221,3 +221,60 @@ def test_roc_points_match_thresholds():
         assert f == pytest.approx(((s >= t) & (y == 0)).sum() / (y == 0).sum())
         assert r == pytest.approx(((s >= t) & (y == 1)).sum() / (y == 1).sum())
     assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auc(y, s), abs=1e-12)  # ties: trapezoid = half credit
+
+
+def test_request_counts_auc_equals_row_weighted_auc():
+    """Per-(tie group, request) counts reweighted by request = rows weighted by their request's weight."""
+    rng = np.random.default_rng(8)
+    n, r = 120, 15
+    y = (rng.random(n) < 0.3).astype(np.float64)
+    s = np.round(rng.random(n), 1)  # many ties, also inside a request
+    g = rng.integers(0, r, n)
+    counts = metrics.RequestCounts(y, s, g, r)
+    assert len(counts.pos) + len(counts.neg) < n  # tied rows of a request collapsed
+    for _ in range(5):
+        w = rng.integers(0, 3, r).astype(np.float64)
+        assert counts.auc(w) == pytest.approx(brute_auc(y, s, w[g]), abs=1e-12)
+
+
+def _row_weighted_bootstrap(y, a, b, g, resamples, seed):
+    """The implementation before per-request counts: a weight per row each resample (the reference)."""
+    g = np.unique(g, return_inverse=True)[1].ravel()
+    n = int(g.max()) + 1
+    (ia, na), (ib, nb) = metrics.tie_groups(a), metrics.tie_groups(b)
+    rng, diffs = np.random.default_rng(seed), []
+    for _ in range(resamples):
+        w = np.bincount(rng.integers(0, n, n), minlength=n)[g].astype(np.float64)
+        d = metrics.auc_from_groups(ia, na, y, w) - metrics.auc_from_groups(ib, nb, y, w)
+        if not math.isnan(d):
+            diffs.append(d)
+    return np.quantile(diffs, 0.025), np.quantile(diffs, 0.975), len(diffs)
+
+
+def test_bootstrap_same_seed_same_interval_as_row_weights():
+    """Same seed -> the same interval as the row-weighted bootstrap (equal up to float rounding)."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    g = rng.integers(0, 2_000, n)
+    y = (rng.random(n) < 0.1 + 0.05 * (g % 3)).astype(np.float64)
+    a = np.round(y * 0.3 + rng.random(n), 3)
+    b = rng.random(n).astype(np.float32).astype(np.float64)
+    out = metrics.bootstrap_auc_diff(y, a, b, g, resamples=40, seed=9)
+    lo, hi, used = _row_weighted_bootstrap(y, a, b, g, 40, 9)
+    assert out["resamples"] == used == 40
+    assert out["lo"] == pytest.approx(lo, abs=1e-12) and out["hi"] == pytest.approx(hi, abs=1e-12)
+    assert out["lo"] < out["diff"] < out["hi"]
+
+
+def test_roc_points_thinned_keep_the_ends_and_lie_on_the_curve():
+    from pipeline.evaluation.plots import roc_points
+
+    rng = np.random.default_rng(7)
+    y = (rng.random(5_000) < 0.3).astype(float)
+    s = rng.random(5_000)
+    full = roc_points(y, s)
+    fpr, tpr = roc_points(y, s, max_points=100)
+    assert 90 <= len(fpr) <= 100 and (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    on_curve = set(zip(*full))
+    assert all((f, t) in on_curve for f, t in zip(fpr, tpr))
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auc(y, s), abs=5e-3)

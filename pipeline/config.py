@@ -136,6 +136,12 @@ class TrainConfig:
     # Gradients of the large id table: sparse (SparseAdam, only the batch's rows move) or dense (Adam);
     # auto = sparse in one process, dense under DDP (NCCL has no sparse all-reduce).
     embedding_grad: str = "auto"
+    # Each task's tower from its own best valid epoch (an epoch that improves any task also resets the patience),
+    # kept only when that composite is no worse on the valid stop metric (pipeline.training.fitting.fit).
+    per_task_best: bool = False
+    # Select the epoch count on valid, then train again from scratch on train + valid for that many epochs: the
+    # refit model is the one registered and served; the selected one is kept as models/mtl_selected for the report.
+    refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -389,6 +395,8 @@ def validate_config(cfg: Config) -> None:
     _check(0 <= t.node_rank < t.nnodes, "train.node_rank must be in [0, train.nnodes)")
     _check(t.nnodes == 1 or bool(t.rdzv_endpoint), "train.rdzv_endpoint (host:port) is needed when train.nnodes > 1")
     _check(t.embedding_grad in ("auto", "sparse", "dense"), "train.embedding_grad must be auto, sparse or dense")
+    _check(isinstance(t.refit, bool) and isinstance(t.per_task_best, bool),
+           "train.refit and train.per_task_best must be true or false")
     metric = t.early_stop_metric
     _check(metric in ("mean_auc", "weighted_auc") or (metric.startswith("auc:") and metric[4:] in m.tasks),
            "train.early_stop_metric must be mean_auc, weighted_auc or auc:<one of model.tasks>")

@@ -105,7 +105,7 @@ def test_registered_version_scores_with_the_refit_weights_and_its_card_says_so(r
     refit, meta = _test_probs(run_dir, "mtl")
     for j, task in enumerate(meta["tasks"]):
         assert np.allclose(got[f"p_{task}"].to_numpy(), refit[:, j], atol=1e-5)
-    uri = f"sqlite:///{cfg.home.resolve() / 'mlflow.db'}"
+    uri = f"sqlite:///{Path(cfg.home).resolve() / 'mlflow.db'}"
     card = MlflowClient(uri, uri).get_model_version(NAME, out["version"]).description
     dates = meta["refit"]["train_dates"]
     assert f"refit: {result['best_epoch']} epoch(s)" in card and f"{dates[0]} .. {dates[-1]}" in card

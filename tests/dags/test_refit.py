@@ -15,8 +15,8 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data.schema import TASKS
-from pipeline.evaluation.evaluate import task_mask
 from pipeline.evaluation import metrics
+from pipeline.evaluation.evaluate import task_mask
 
 DATE = "2026-01-10"  # the last day of tiny_landing
 NAME = "ecommerce-mtl"

@@ -72,7 +72,8 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
 
     With `train.refit` (DNN models) the epoch count is selected on valid as usual, then a fresh model trains on
     train + valid for that many epochs and is the one saved under models/<name>/; for the MTL model the selected
-    one is saved too, as models/mtl_selected/, so the evaluation can report it. "valid" is the selected model's."""
+    one is saved too, as models/mtl_selected/, so the evaluation can report it. "valid" is the selected model's
+    (with per-task best towers, the composite's)."""
     if name.startswith("gbdt_") and name.removeprefix("gbdt_") in cfg.model.tasks:
         from pipeline.training.gbdt import train_gbdt
 
@@ -102,6 +103,8 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     tag = f"{cfg.hash()}:{name}"
     fitting.fit(s, placed, valid, cfg.train, f"{run_id}/{name}", ckpt, resume, tag)
     best = s.history[s.best["epoch"] - 1]
+    if s.best.get("towers"):  # the saved model is the composite of per-task best towers: report its valid scores
+        best = {"valid": s.best["composed"]["valid"], "metric": s.best["composed"]["metric"]}
     meta = _meta(cfg, run_id, name, arch, model, inputs, s, len(train), world)
     meta["diagnostics"] = gate_diagnostics(model, valid, device, f"{run_id}/{name}")
     plan = {"epoch": s.best["epoch"], "towers": s.best.get("towers") or {}}

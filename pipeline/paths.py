@@ -95,6 +95,7 @@ MODELS_DIR = "models"
 EVALUATION_FILE = "evaluation.json"
 REGISTRATION_FILE = "registration.json"
 MTL_MODEL = "mtl"
+SELECTED_MODEL = "mtl_selected"  # with train.refit: the model selected on valid, before the refit (reported only)
 
 
 def baseline_name(task: str) -> str:

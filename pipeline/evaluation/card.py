@@ -16,7 +16,15 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.evaluation.gate import interval_text
 from pipeline.io import read_json
-from pipeline.paths import FEATURES_DIR, MODELS_DIR, MTL_MODEL, Layout, baseline_name, gbdt_name
+from pipeline.paths import (
+    FEATURES_DIR,
+    MODELS_DIR,
+    MTL_MODEL,
+    SELECTED_MODEL,
+    Layout,
+    baseline_name,
+    gbdt_name,
+)
 
 SUMMARY_KEYS = ("auc", "logloss", "gauc_user", "gauc_request", "ndcg10", "ndcg10_fused", "pred_obs", "ece")
 
@@ -86,6 +94,27 @@ def _text_line(cfg: Config, spec: dict[str, Any], meta: dict[str, Any]) -> str:
     return f"- text tower: on (`{cfg.text.model}`, frozen)"
 
 
+def _refit_line(meta: dict[str, Any], report: dict[str, Any]) -> str:
+    """What `train.refit` did: the epoch count selected on valid, the window retrained on, the selected model's
+    test AUC beside the registered (refit) one's."""
+    refit = meta.get("refit")
+    towers = meta.get("per_task_best") or {}
+    own = (f"; towers from their own best valid epoch: {', '.join(f'{t} {e}' for t, e in towers.items())}"
+           if towers else "")
+    if not refit:
+        return f"- refit: off (the model selected on valid is the one registered){own}"
+    dates = refit.get("train_dates") or []
+    window = f"{dates[0]} .. {dates[-1]}" if dates else "n/a"
+    models = report.get("models", {})
+    aucs = ", ".join(f"{t} {_num(models.get(MTL_MODEL, {}).get(t, {}).get('overall', {}).get('auc'))} "
+                     f"(selected {_num(models.get(SELECTED_MODEL, {}).get(t, {}).get('overall', {}).get('auc'))})"
+                     for t in report.get("tasks", []))
+    return (f"- refit: {refit.get('epochs')} epoch(s), the count selected on valid "
+            f"({', '.join(refit.get('selected_on') or []) or 'n/a'}), retrained from scratch on {window} "
+            f"({meta.get('train_rows', 'n/a')} rows){own}; vocabularies and feature stats stay the train window's; "
+            f"registered = refit. Test AUC refit (selected on valid): {aucs}")
+
+
 def _model_section(cfg: Config, meta: dict[str, Any], report: dict[str, Any],
                    spec: dict[str, Any] | None = None) -> list[str]:
     m, t = cfg.model, cfg.train
@@ -95,6 +124,7 @@ def _model_section(cfg: Config, meta: dict[str, Any], report: dict[str, Any],
              f"towers {list(m.tower_hidden)}, dropout {m.dropout}"),
             (f"- training: {t.epochs} epoch(s) max, best epoch {meta.get('best_epoch', 'n/a')}, "
              f"batch {t.batch_size}, lr {t.lr}, weighting `{t.weighting}`, {meta.get('train_rows', 'n/a')} train rows"),
+            _refit_line(meta, report),
             _text_line(cfg, spec or {}, meta),
             f"- serving score: `{report.get('score_formula', 'n/a')}`", ""]
 

@@ -28,6 +28,7 @@ from pipeline.paths import (
     FEATURES_DIR,
     MODELS_DIR,
     MTL_MODEL,
+    SELECTED_MODEL,
     Layout,
     baseline_name,
     gbdt_name,
@@ -56,14 +57,16 @@ def group_codes(frame: pl.DataFrame, column: str) -> np.ndarray:
 
 
 def predict_models(run_dir: Path, test: pl.DataFrame, spec: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """Probabilities of each baseline present (DNN `baseline_<task>`, LightGBM `gbdt_<task>`), from the test
-    feature file: name -> task -> float [N]. (The MTL model is scored as served: `served_mtl`.)"""
+    """Probabilities of each baseline present (DNN `baseline_<task>`, LightGBM `gbdt_<task>`) and, with
+    train.refit, of the MTL model as selected on valid before its refit (`mtl_selected`, reported beside the
+    registered refit one, never gated), from the test feature file: name -> task -> float [N]. (The MTL model
+    is scored as served: `served_mtl`.)"""
     from pipeline.features.dataset import from_frame
     from pipeline.training.gbdt import predict_gbdt
     from pipeline.training.train import load_trained, predict
 
     out: dict[str, dict[str, np.ndarray]] = {}
-    names = [baseline_name(t) for t in TASKS]
+    names = [SELECTED_MODEL] + [baseline_name(t) for t in TASKS]
     for name in names:
         model_dir = run_dir / MODELS_DIR / name
         if not (model_dir / "meta.json").is_file():

@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.config import Config, ModelConfig, load_config
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.paths import MODELS_DIR, MTL_MODEL, Layout
+from pipeline.paths import MODELS_DIR, MTL_MODEL, SELECTED_MODEL, Layout
 
 log = logging.getLogger(__name__)
 RESULT_MARK = "MTL-RESULT:"  # the line pipeline.training.launch reads from rank 0's stdout
@@ -69,27 +69,79 @@ def _distributed(device: Any) -> tuple[int, int]:
 
 
 def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = False) -> dict[str, Any]:
-    """Train one model of run `run_id` -> {"run_id", "name", "model_dir", "best_epoch", "valid"}."""
+    """Train one model of run `run_id` -> {"run_id", "name", "model_dir", "best_epoch", "valid"}.
+
+    With `train.refit` (DNN models) the epoch count is selected on valid as usual, then a fresh model trains on
+    train + valid for that many epochs and is the one saved under models/<name>/; for the MTL model the selected
+    one is saved too, as models/mtl_selected/, so the evaluation can report it. "valid" is the selected model's
+    (with per-task best towers, the composite's)."""
     if name.startswith("gbdt_") and name.removeprefix("gbdt_") in cfg.model.tasks:
         from pipeline.training.gbdt import train_gbdt
 
         return train_gbdt(cfg, run_id, name.removeprefix("gbdt_"))
     import torch
 
-    from pipeline import models
     from pipeline.features import dataset
-    from pipeline.training import trainer
+    from pipeline.training import fitting, trainer
 
     arch, tasks, mcfg, weighting = model_plan(cfg, name)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
     device = _device(cfg)
     rank, world = _distributed(device)
     if world > 1 and weighting in ("gradnorm", "pcgrad"):
         raise ConfigError(f"train.weighting={weighting} needs per-task gradients and is not supported under DDP")
     run_dir = Layout.of(cfg.home).run_dir(run_id)
     spec = dataset.read_spec(run_dir)
+    model, inputs, joint = _new_model(cfg, run_dir, spec, name, arch, mcfg, tasks, world)
+    data_tasks = model.output_tasks
+    train = dataset.load_split(run_dir, "train", data_tasks, spec, inputs.text_rows)
+    valid = dataset.load_split(run_dir, "valid", data_tasks, spec, inputs.text_rows)
+    _check_sample_spaces(train, valid, model.loss_tasks, name)
+    placed = _place(train, device)
+    s = trainer.make_setup(model, placed, cfg.train, weighting, device, rank, world)
+    ckpt = run_dir / CHECKPOINTS_DIR / name / "last.pt"
+    tag = f"{cfg.hash()}:{name}"
+    fitting.fit(s, placed, valid, cfg.train, f"{run_id}/{name}", ckpt, resume, tag)
+    best = s.history[s.best["epoch"] - 1]
+    if s.best.get("towers"):  # the saved model is the composite of per-task best towers: report its valid scores
+        best = {"valid": s.best["composed"]["valid"], "metric": s.best["composed"]["metric"]}
+    meta = _meta(cfg, run_id, name, arch, model, inputs, s, len(train), world)
+    meta["diagnostics"] = gate_diagnostics(model, valid, device, f"{run_id}/{name}")
+    plan = {"epoch": s.best["epoch"], "towers": s.best.get("towers") or {}}
+    meta["per_task_best"] = plan["towers"]
+    done = [ckpt]
+    if cfg.train.refit:
+        if name == MTL_MODEL and rank == 0:
+            _save(run_dir / MODELS_DIR / SELECTED_MODEL, model, {**meta, "name": SELECTED_MODEL},
+                  (lambda tmp: _save_joint_encoder(cfg, model, inputs, tmp / JOINT_ENCODER_DIR, run_id))
+                  if joint else None, joint)
+        model, _, _ = _new_model(cfg, run_dir, spec, name, arch, mcfg, tasks, world)
+        del placed  # the GPU copy of train, before train + valid takes its place
+        both = _place(_concat(train, valid), device)
+        r = trainer.make_setup(model, both, cfg.train, weighting, device, rank, world)
+        done.append(ckpt.with_name("refit.pt"))
+        fitting.refit(r, both, cfg.train, plan, f"{run_id}/{name} refit", done[-1], resume, tag)
+        meta.update(train_rows=len(both), refit=_refit_info(spec, r, plan, name))
+    model_dir = run_dir / MODELS_DIR / name
+    if rank == 0:
+        _save(model_dir, model, meta, (lambda tmp: _save_joint_encoder(cfg, model, inputs, tmp / JOINT_ENCODER_DIR,
+                                                                       run_id)) if joint else None, joint)
+        _drop_checkpoints(done)
+    return {"run_id": run_id, "name": name, "model_dir": str(model_dir), "best_epoch": s.best["epoch"],
+            "valid": {**best["valid"], "metric": best["metric"]}}
+
+
+def _new_model(cfg: Config, run_dir: Path, spec: dict, name: str, arch: str, mcfg: ModelConfig,
+               tasks: tuple[str, ...], world: int) -> tuple[Any, Any, bool]:
+    """(model, its InputSpec, joint text encoder?), initialised from `train.seed`: the refit starts from the same
+    initial weights as the selection run, so the two differ by their data only."""
+    import torch
+
+    from pipeline import models
+    from pipeline.features import dataset
+
+    torch.manual_seed(cfg.train.seed)
     inputs = dataset.input_spec(run_dir, spec, cfg.text.proj_dim)
     joint = name == MTL_MODEL and cfg.text.enabled and cfg.text.finetune == "joint"
     if joint:  # the MTL model trains the encoder's top layers; baselines keep the frozen table
@@ -100,32 +152,48 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     grad = cfg.train.embedding_grad
     if grad == "dense" or (grad == "auto" and world > 1):
         model.dense_embedding_gradients()
-    data_tasks = model.output_tasks
-    train = dataset.load_split(run_dir, "train", data_tasks, spec, inputs.text_rows)
-    valid = dataset.load_split(run_dir, "valid", data_tasks, spec, inputs.text_rows)
-    _check_sample_spaces(train, valid, model.loss_tasks, name)
-    train = _place(train, device)
-    s = trainer.make_setup(model, train, cfg.train, weighting, device, rank, world)
-    ckpt = run_dir / CHECKPOINTS_DIR / name / "last.pt"
-    tag = f"{cfg.hash()}:{name}"
-    trainer.fit(s, train, valid, cfg.train, f"{run_id}/{name}", ckpt, resume, tag)
-    best = s.history[s.best["epoch"] - 1]
-    meta = _meta(cfg, run_id, name, arch, model, inputs, s, len(train), world)
-    meta["diagnostics"] = gate_diagnostics(model, valid, device, f"{run_id}/{name}")
-    model_dir = run_dir / MODELS_DIR / name
-    if rank == 0:
-        with atomic_path(model_dir) as tmp:
-            tmp.mkdir(parents=True)
-            torch.save(_weights(model, joint), tmp / MODEL_FILE)
-            write_json(tmp / META_FILE, meta)
-            if joint:
-                _save_joint_encoder(cfg, model, inputs, tmp / JOINT_ENCODER_DIR, run_id)
+    return model, inputs, joint
+
+
+def _concat(a: Any, b: Any) -> Any:
+    """Two splits' TensorData as one (train then valid), for the refit."""
+    import torch
+
+    from pipeline.features.dataset import TensorData
+
+    text = None if a.text is None else torch.cat([a.text, b.text])
+    return TensorData(torch.cat([a.cat, b.cat]), torch.cat([a.num, b.num]), text, torch.cat([a.labels, b.labels]),
+                      torch.cat([a.mask, b.mask]), a.tasks)
+
+
+def _refit_info(spec: dict, r: Any, plan: dict, name: str) -> dict[str, Any]:
+    """What the refit did, for meta.json and the model card: epochs, towers' epochs, windows, train losses."""
+    splits = spec.get("splits", {})
+    return {"epochs": plan["epoch"], "towers": plan["towers"],
+            "train_dates": [*splits.get("train", {}).get("dates", []), *splits.get("valid", {}).get("dates", [])],
+            "selected_on": splits.get("valid", {}).get("dates", []),
+            "selected_model": SELECTED_MODEL if name == MTL_MODEL else None,
+            "train_loss": [row["train_loss"] for row in r.history]}
+
+
+def _save(model_dir: Path, model: Any, meta: dict[str, Any], extra: Any = None, joint: bool = False) -> None:
+    """models/<name>/{model.pt, meta.json} (+ what `extra(tmp)` writes), atomically as one folder."""
+    import torch
+
+    with atomic_path(model_dir) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save(_weights(model, joint), tmp / MODEL_FILE)
+        write_json(tmp / META_FILE, meta)
+        if extra is not None:
+            extra(tmp)
+
+
+def _drop_checkpoints(paths: list[Path]) -> None:
+    for ckpt in paths:
         ckpt.unlink(missing_ok=True)
-        for folder in (ckpt.parent, ckpt.parent.parent):  # drop the checkpoint folders once empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-    return {"run_id": run_id, "name": name, "model_dir": str(model_dir), "best_epoch": s.best["epoch"],
-            "valid": {**best["valid"], "metric": best["metric"]}}
+    for folder in (paths[0].parent, paths[0].parent.parent):  # drop the checkpoint folders once empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _weights(model: Any, joint: bool) -> dict[str, Any]:

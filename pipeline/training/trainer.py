@@ -1,8 +1,7 @@
 """The training loop shared by every architecture and the baselines: one code path, no per-model branches.
 
-`fit()` runs epochs over contiguous tensors, evaluates on the valid split after each epoch, keeps the best
-epoch's weights (early stopping with `train.patience`), and writes a checkpoint after every epoch so a killed
-run resumes from the last finished epoch and reaches the same result (same seed -> same batches and dropout).
+`train_epoch()` runs one epoch over contiguous tensors, `evaluate_split()` scores the valid split, `stop_metric()`
+ranks epochs; model selection, refit and checkpoints over these are in `pipeline.training.fitting`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +19,6 @@ from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
 from pipeline.evaluation.metrics import auc
 from pipeline.features.dataset import TensorData, batches
-from pipeline.io import atomic_path
 from pipeline.progress import bar
 from pipeline.training.losses import masked_bce
 from pipeline.training.weighting import Weighting, make_weighting
@@ -233,57 +230,3 @@ def stop_metric(result: dict[str, Any], metric: str) -> float:
     pos = result.get("positives") or {}
     w = [math.sqrt(pos.get(t, 1.0)) if metric == "weighted_auc" else 1.0 for t in names]
     return float(np.average([aucs[t] for t in names], weights=w)) if sum(w) > 0 else float(np.mean([aucs[t] for t in names]))
-
-
-def save_checkpoint(path: Path, s: Setup, epoch: int, bad: int, tag: str) -> None:
-    """Atomic: a kill during the write leaves the previous checkpoint intact. Loadable with weights_only=True."""
-    state = {"epoch": epoch, "bad": bad, "tag": tag, "model": s.model.state_dict(), "history": s.history,
-             "weighting": s.weighting.state_dict(), "optimizers": [o.state_dict() for o in s.optimizers],
-             "best": s.best, "rng": torch.get_rng_state(),
-             # each GPU has its own generator (dropout on CUDA draws from it): save them too
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, s: Setup, tag: str) -> tuple[int, int]:
-    """Restore a checkpoint into `s` -> (epochs done, epochs without improvement). Refuses another config's."""
-    state = torch.load(path, map_location=s.device, weights_only=True)
-    if state["tag"] != tag:
-        raise TrainingError(f"checkpoint {path} was written by another configuration ({state['tag']} != {tag}); "
-                            "delete it or rerun without resume")
-    s.model.load_state_dict(state["model"])
-    s.weighting.load_state_dict(state["weighting"])
-    for opt, st in zip(s.optimizers, state["optimizers"]):
-        opt.load_state_dict(st)
-    s.history, s.best = list(state["history"]), dict(state["best"])
-    torch.set_rng_state(state["rng"].cpu())
-    cuda_rng = state.get("cuda_rng") or []
-    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([r.cpu() for r in cuda_rng])
-    return int(state["epoch"]), int(state["bad"])
-
-
-def fit(s: Setup, train: TensorData, valid: TensorData, cfg: TrainConfig, label: str,
-        checkpoint: Path | None = None, resume: bool = False, tag: str = "") -> Setup:
-    """Train up to `cfg.epochs`, early-stopping on the valid split; leaves the best epoch's weights in s.model."""
-    done, bad = (load_checkpoint(checkpoint, s, tag) if resume and checkpoint and checkpoint.is_file() else (0, 0))
-    if done:
-        log.info("%s: resumed from %s after epoch %d", label, checkpoint, done)
-    for epoch in range(done + 1, cfg.epochs + 1):
-        if bad >= cfg.patience and s.best["state"] is not None:
-            break
-        t0 = time.perf_counter()
-        row = {"epoch": epoch, **train_epoch(s, train, cfg, epoch, label)}
-        row["valid"] = evaluate_split(s.model, valid, s.device)
-        row["metric"], row["seconds"] = stop_metric(row["valid"], cfg.early_stop_metric), time.perf_counter() - t0
-        s.history.append(row)
-        if row["metric"] > s.best["metric"]:
-            state = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
-            s.best, bad = {"epoch": epoch, "metric": row["metric"], "state": state}, 0
-        else:
-            bad += 1
-        if checkpoint is not None and s.rank == 0:
-            save_checkpoint(checkpoint, s, epoch, bad, tag)
-    s.model.load_state_dict(s.best["state"])
-    return s

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 READ_ROWS = 65536  # rows per Parquet batch while converting (about 20 MB of columns at ~80 features)
 META = "meta.json"
+RELEASE_ROWS = 1 << 20  # rows read between two MappedSplit.release() calls (~0.4 GB of pages at ~100 columns)
 
 
 def arrays_dir(run_dir: str | Path, split: str) -> Path:
@@ -137,25 +139,38 @@ def convert(src: Path, spec: dict[str, Any], out: Path, stamp: dict[str, Any]) -
         raise FeatureError(f"{src}: feature columns {missing} named in the spec are missing")
     labels = [c for c in LABELS if c in have]
     sizes = {"cat": [int(c["cardinality"]) for c in spec["categorical"]], "seq": sequence_columns(spec)[1]}
-    maps = {k: np.lib.format.open_memmap(out / f"{k}.npy", "w+", dtype, (n, len(cols)))
-            for k, (cols, dtype) in groups.items()}
-    maps["labels"] = np.lib.format.open_memmap(out / "labels.npy", "w+", np.int8, (n, len(labels)))
+    # Appended as plain writes after a .npy header (C order: row blocks are contiguous), not through a writable
+    # map, whose dirty pages would count in this process's memory until the end.
+    files = {k: _npy_writer(out / f"{k}.npy", dtype, (n, len(cols))) for k, (cols, dtype) in groups.items()}
+    files["labels"] = _npy_writer(out / "labels.npy", np.int8, (n, len(labels)))
     row, text_max = 0, -1
-    for batch in pf.iter_batches(READ_ROWS, columns=[c for cols, _ in groups.values() for c in cols] + labels):
-        m = batch.num_rows
-        for name, (cols, dtype) in groups.items():
-            block = _block(batch, cols, dtype, row, str(src))
-            _check(name, block, cols, sizes.get(name), row, str(src))
-            if name == "text" and block.size:
-                text_max = max(text_max, int(block.max()))
-            maps[name][row:row + m] = block
-        for j, col in enumerate(labels):
-            maps["labels"][row:row + m, j] = batch.column(col).fill_null(0).to_numpy(zero_copy_only=False)
-        row += m
-    for mm in maps.values():
-        mm.flush()
-    del maps
+    try:
+        for batch in pf.iter_batches(READ_ROWS, columns=[c for cols, _ in groups.values() for c in cols] + labels):
+            for name, (cols, dtype) in groups.items():
+                block = _block(batch, cols, dtype, row, str(src))
+                _check(name, block, cols, sizes.get(name), row, str(src))
+                if name == "text" and block.size:
+                    text_max = max(text_max, int(block.max()))
+                files[name].write(block.tobytes())
+            lab = np.empty((batch.num_rows, len(labels)), dtype=np.int8)
+            for j, col in enumerate(labels):
+                lab[:, j] = batch.column(col).fill_null(0).to_numpy(zero_copy_only=False)
+            files["labels"].write(lab.tobytes())
+            row += batch.num_rows
+    finally:
+        for f in files.values():
+            f.close()
+    if row != n:
+        raise FeatureError(f"{src}: read {row} rows, the file's metadata says {n}")
     write_json(out / META, {"rows": n, "labels": labels, "text_max": text_max, "stamp": stamp})
+
+
+def _npy_writer(path: Path, dtype: Any, shape: tuple[int, int]) -> Any:
+    """An open file positioned after the .npy header of a C-order array `shape`; the caller appends the rows."""
+    f = open(path, "wb")  # noqa: SIM115 (closed by convert)
+    np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": shape})
+    return f
 
 
 @dataclass(frozen=True)
@@ -173,12 +188,17 @@ class MappedSplit:
     label_index: tuple[int, ...]
     given_index: tuple[int | None, ...]
     pin: bool = False
+    read_rows: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)  # since the last release
 
     def __len__(self) -> int:
         return int(self.cat.shape[0])
 
     def _rows(self, sel: slice | np.ndarray) -> TensorData:
         import torch
+
+        self.read_rows[0] += (sel.stop - sel.start) if isinstance(sel, slice) else len(sel)
+        if self.read_rows[0] >= RELEASE_ROWS:
+            self.release()
 
         def read(arr: np.ndarray, dtype: Any) -> torch.Tensor:
             # a slice of a map is a read-only view: copy it; fancy indexing already gives a fresh array
@@ -214,6 +234,16 @@ class MappedSplit:
             p, c = part.label_sums()
             pos, cnt = pos + p, cnt + c
         return pos, cnt
+
+    def release(self) -> None:
+        """Drop this process's mapping of the pages read so far (MADV_DONTNEED). They stay in the page cache, so
+        reading them again costs no disk read, but they stop counting in this process's resident memory: without
+        this an epoch would leave the whole split resident."""
+        self.read_rows[0] = 0
+        for arr in (self.cat, self.num, self.text, self.seq, self.label_cols):
+            mm = getattr(arr, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     def nbytes(self) -> int:
         """Bytes of the split as TensorData (ids and indices widen to int64)."""

@@ -233,12 +233,15 @@ class MappedSplit:
         """(positives, rows in the sample space) per task, float64 [T], read in chunks of rows."""
         import torch
 
-        pos, cnt = torch.zeros(len(self.tasks), dtype=torch.float64), torch.zeros(len(self.tasks), dtype=torch.float64)
+        pos, cnt = np.zeros(len(self.tasks)), np.zeros(len(self.tasks))
         for start in range(0, len(self), chunk):
-            part = self.slice(start, min(start + chunk, len(self)))
-            p, c = part.label_sums()
-            pos, cnt = pos + p, cnt + c
-        return pos, cnt
+            lab = np.asarray(self.label_cols[start:start + chunk], dtype=np.float64)  # only the label columns
+            for j, (li, gi) in enumerate(zip(self.label_index, self.given_index)):
+                m = np.ones(len(lab)) if gi is None else (lab[:, gi] == 1)
+                pos[j] += float((lab[:, li] * m).sum())
+                cnt[j] += float(m.sum())
+        self.release()
+        return torch.from_numpy(pos), torch.from_numpy(cnt)
 
     def release(self) -> None:
         """Drop this process's mapping of the pages read so far (MADV_DONTNEED). They stay in the page cache, so

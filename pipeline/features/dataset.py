@@ -1,8 +1,11 @@
-"""Feature frames -> contiguous tensors, and batches sliced from them (no per-row Dataset, no collate).
+"""Feature frames -> contiguous tensors, and batches gathered from them (no per-row Dataset, no collate).
 
-`TensorData` holds one split: `cat` int64 [N, C] (ids stay integers: float32 collides above 2^24), `num` float32
-[N, F], `text` int64 [N, X] or None, `labels` float32 [N, T] and `mask` float32 [N, T] (1 where the row is in the
-task's sample space: cvr only on clicked rows). `InputSpec` is what a model needs to build its input layer.
+`TensorData` holds rows in memory: `cat` int64 [N, C] (ids stay integers: float32 collides above 2^24), `num`
+float32 [N, F], `text` int64 [N, X] or None, `seq` int64 [N, S] (behaviour-sequence ids, the spec's
+`sequence.columns` order, 0 = padding) or None, `labels` float32 [N, T] and `mask` float32 [N, T] (1 where the row
+is in the task's sample space: cvr only on clicked rows). `InputSpec` is what a model needs to build its input
+layer. Training reads a split through `pipeline.features.arrays.open_split` instead (memory-mapped columns, the
+same `take`/`slice`/`label_sums` interface); `batches` works on both.
 """
 
 from __future__ import annotations
@@ -79,13 +82,17 @@ class TensorData:
 
     def _map(self, fn) -> TensorData:
         text = None if self.text is None else fn(self.text)
+        seq = None if self.seq is None else fn(self.seq)
         return TensorData(fn(self.cat), fn(self.num), text, fn(self.labels), fn(self.mask), self.tasks,
-                          self.text_table, None if self.seq is None else fn(self.seq))
+                          self.text_table, seq)
 
     def nbytes(self) -> int:
-        tensors = [self.cat, self.num, self.labels, self.mask]
-        tensors += [t for t in (self.text, self.seq) if t is not None]
+        tensors = [self.cat, self.num, self.labels, self.mask] + [t for t in (self.text, self.seq) if t is not None]
         return sum(t.element_size() * t.numel() for t in tensors)
+
+    def label_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positives, rows in the sample space), float64 [T] each."""
+        return (self.labels * self.mask).double().sum(0), self.mask.double().sum(0)
 
     def to(self, device: Any) -> TensorData:
         out = self._map(lambda t: t.to(device, non_blocking=True))
@@ -98,14 +105,16 @@ class TensorData:
 
     def take(self, index: torch.Tensor) -> TensorData:
         """Rows at `index` (int64 [M]) as new contiguous tensors."""
-        return self._map(lambda t: t.index_select(0, index))
+        return self._map(lambda t: t.index_select(0, index.to(t.device)))
 
     def slice(self, start: int, stop: int) -> TensorData:
         return self._map(lambda t: t[start:stop])
 
     def batch(self) -> dict[str, torch.Tensor]:
-        """The model input dict: `cat`, `num` and (when present) `text`."""
+        """The model input dict: `cat`, `num` and (when present) `seq` and `text`."""
         out = {"cat": self.cat, "num": self.num}
+        if self.seq is not None:
+            out["seq"] = self.seq
         if self.text is not None:
             out["text"] = self.text
             if self.text_table is not None:
@@ -115,15 +124,28 @@ class TensorData:
         return out
 
 
-def batches(data: TensorData, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[TensorData]:
-    """Yield slices of `data`. Shuffling gathers the whole split once in a new order (one index_select per
-    tensor per epoch), so each batch is a view, not a per-row gather."""
+def batch_order(n: int, batch_size: int, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """Row indices of each batch of one shuffled pass over `n` rows: consecutive ranges of one
+    `torch.randperm(n, generator=generator)`, each sorted (neighbouring rows share pages of a memory map).
+    int64 [batch_size] (the last one shorter unless `drop_last`). Every row comes exactly once; nothing is copied."""
     import torch
 
-    if shuffle:
-        data = data.take(torch.randperm(len(data), generator=generator).to(data.cat.device))
+    perm = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield perm[start:min(start + batch_size, n)].sort().values
+
+
+def batches(data: Any, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+            drop_last: bool = False) -> Iterator[TensorData]:
+    """Batches of `data` (TensorData or a memory-mapped split) as TensorData: in row order as slices, or
+    shuffled, each gathered by index (`batch_order`), so no epoch copies the whole split."""
     n = len(data)
+    if shuffle:
+        for index in batch_order(n, batch_size, generator, drop_last):
+            yield data.take(index)
+        return
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield data.slice(start, min(start + batch_size, n))
@@ -170,8 +192,8 @@ def from_frame(df: pl.DataFrame, spec: dict[str, Any], tasks: tuple[str, ...], w
     import torch
 
     cats = [c["column"] for c in spec["categorical"]]
-    seq_cols = _seq_columns(spec)
-    missing = [c for c in cats + list(spec["numeric"]) + _text_columns(spec) + seq_cols if c not in df.columns]
+    seq_cols, seq_sizes = sequence_columns(spec)
+    missing = [c for c in cats + list(spec["numeric"]) + text_columns(spec) + seq_cols if c not in df.columns]
     if missing:
         raise FeatureError(f"{where}: feature columns {missing} named in the spec are missing")
     cat = _matrix(df, cats, np.int64, where)
@@ -181,26 +203,37 @@ def from_frame(df: pl.DataFrame, spec: dict[str, Any], tasks: tuple[str, ...], w
         rows = np.flatnonzero(~np.isfinite(num).all(1))[:3].tolist()
         raise FeatureError(f"{where}: non-finite numeric features, e.g. rows {rows}")
     text = None
-    if _text_columns(spec):
-        text_np = _matrix(df, _text_columns(spec), np.int64, where)
+    if text_columns(spec):
+        text_np = _matrix(df, text_columns(spec), np.int64, where)
         if text_np.size and text_np.min() < 0:
             raise FeatureError(f"{where}: negative text index")
         text = torch.from_numpy(text_np)
     seq = None
     if seq_cols:
         seq_np = _matrix(df, seq_cols, np.int64, where)
-        card = {c["name"]: int(c["cardinality"]) for c in spec["categorical"]}
-        vocabs = _seq_vocabs(spec)
-        block = len(seq_cols) // len(vocabs)
-        _check_indices(seq_np, seq_cols, [card[vocabs[j // block]] for j in range(len(seq_cols))], where)
+        _check_indices(seq_np, seq_cols, seq_sizes, where)
         seq = torch.from_numpy(seq_np)
     labels, mask = label_arrays(df, tasks, where)
     return TensorData(torch.from_numpy(cat), torch.from_numpy(num), text, torch.from_numpy(labels),
                       torch.from_numpy(mask), tuple(tasks), seq=seq)
 
 
-def _seq_columns(spec: dict[str, Any]) -> list[str]:
-    return list((spec.get("sequence") or {}).get("columns", []))
+def sequence_columns(spec: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """The spec's behaviour-sequence columns (`seq__<name>_<k>`, in order) and, per column, the cardinality of the
+    categorical feature whose vocabulary it shares (`sequence.vocab[<name>]`); ([], []) without a sequence."""
+    seq = spec.get("sequence")
+    if not seq:
+        return [], []
+    cards = {c["name"]: int(c["cardinality"]) for c in spec["categorical"]}
+    cols, sizes = list(seq["columns"]), []
+    for col in cols:
+        name = col.removeprefix("seq__").rpartition("_")[0]
+        vocab = (seq.get("vocab") or {}).get(name)
+        if vocab not in cards:
+            raise FeatureError(f"feature spec: sequence column {col} shares vocabulary '{vocab}' of sequence "
+                               f"'{name}', which is not a categorical feature {sorted(cards)}")
+        sizes.append(cards[vocab])
+    return cols, sizes
 
 
 def _seq_vocabs(spec: dict[str, Any]) -> tuple[str, ...]:
@@ -211,7 +244,7 @@ def _seq_vocabs(spec: dict[str, Any]) -> tuple[str, ...]:
     return tuple(seq["vocab"][n] for n in names)
 
 
-def _text_columns(spec: dict[str, Any]) -> list[str]:
+def text_columns(spec: dict[str, Any]) -> list[str]:
     text = spec.get("text") or {}
     return list(text.get("columns", [])) if text.get("enabled") else []
 
@@ -226,7 +259,7 @@ def read_spec(run_dir: str | Path) -> dict[str, Any]:
 def input_spec(run_dir: str | Path, spec: dict[str, Any], text_proj_dim: int) -> InputSpec:
     """The model input layout of a run's features, with the text table loaded when text is enabled."""
     table = None
-    if _text_columns(spec):
+    if text_columns(spec):
         path = Path(run_dir) / FEATURES_DIR / TEXT_TABLE
         if not path.is_file():
             raise FeatureError(f"text is enabled in the spec but the text table is missing: {path}")
@@ -235,12 +268,12 @@ def input_spec(run_dir: str | Path, spec: dict[str, Any], text_proj_dim: int) ->
         cat_names=tuple(c["name"] for c in spec["categorical"]),
         cardinalities=tuple(int(c["cardinality"]) for c in spec["categorical"]),
         num_names=tuple(spec["numeric"]),
-        text_columns=tuple(_text_columns(spec)),
+        text_columns=tuple(text_columns(spec)),
         text_rows=0 if table is None else int(table.shape[0]),
         text_dim=0 if table is None else int(table.shape[1]),
         text_proj_dim=text_proj_dim,
         text_table=table,
-        seq_columns=tuple(_seq_columns(spec)),
+        seq_columns=tuple(sequence_columns(spec)[0]),
         seq_vocabs=_seq_vocabs(spec),
     )
 
@@ -255,8 +288,8 @@ def load_split(run_dir: str | Path, split: str, tasks: tuple[str, ...], spec: di
     path = Path(run_dir) / FEATURES_DIR / f"{split}.parquet"
     if not path.is_file():
         raise FeatureError(f"feature file not found: {path}")
-    cols = [c["column"] for c in spec["categorical"]] + list(spec["numeric"]) + _text_columns(spec)
-    cols += _seq_columns(spec)
+    cols = [c["column"] for c in spec["categorical"]] + list(spec["numeric"]) + text_columns(spec)
+    cols += sequence_columns(spec)[0]
     labels = sorted({TASKS[t].label for t in tasks} | {TASKS[t].given for t in tasks if TASKS[t].given})
     df = pl.read_parquet(path, columns=cols + labels)
     data = from_frame(df, spec, tasks, where=str(path))

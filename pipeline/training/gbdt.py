@@ -49,14 +49,29 @@ def matrix(frame: pl.DataFrame, columns: list[str], where: str) -> np.ndarray:
     return frame.select(columns).to_numpy().astype(np.float32, copy=False)
 
 
-def _split(frame: pl.DataFrame, task: str, columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) of the rows in the task's sample space."""
-    import polars as pl
+def _split(run_dir: Path, split: str, spec: dict[str, Any], task: str, cats: list[str],
+           chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """(X float32 [M, len(cats) + F], y float32 [M]) of the rows in the task's sample space, columns `cats`
+    then the spec's numerics (`feature_columns` order), filled chunk by chunk from the split's memory-mapped
+    arrays (pipeline.features.arrays): only X itself is ever whole in memory."""
+    from pipeline.features.arrays import open_split
 
-    given = TASKS[task].given
-    if given is not None:
-        frame = frame.filter(pl.col(given) == 1)
-    return matrix(frame, columns, where), frame[TASKS[task].label].to_numpy().astype(np.float32)
+    data = open_split(run_dir, split, (task,), spec)
+    where = [c["column"] for c in spec["categorical"]]
+    pick = [where.index(c) for c in cats]
+    rows = int(data.label_sums(chunk)[1][0])
+    x = np.empty((rows, len(pick) + data.num.shape[1]), dtype=np.float32)
+    y = np.empty(rows, dtype=np.float32)
+    at = 0
+    for start in range(0, len(data), chunk):
+        part = data.slice(start, min(start + chunk, len(data)))
+        keep = part.mask[:, 0] > 0
+        m = int(keep.sum())
+        x[at:at + m, :len(pick)] = part.cat[keep][:, pick].numpy()
+        x[at:at + m, len(pick):] = part.num[keep].numpy()
+        y[at:at + m] = part.labels[keep, 0].numpy()
+        at += m
+    return x, y
 
 
 def params(cfg: Config) -> dict[str, Any]:
@@ -70,7 +85,6 @@ def params(cfg: Config) -> dict[str, Any]:
 def train_gbdt(cfg: Config, run_id: str, task: str) -> dict[str, Any]:
     """Train gbdt_<task> -> {"run_id", "name", "model_dir", "best_epoch", "valid": {"auc": {task: auc}}}."""
     import lightgbm as lgb
-    import polars as pl
 
     from pipeline.features.dataset import read_spec
 
@@ -85,7 +99,7 @@ def train_gbdt(cfg: Config, run_id: str, task: str) -> dict[str, Any]:
         path = run_dir / FEATURES_DIR / f"{split}.parquet"
         if not path.is_file():
             raise FeatureError(f"{name}: feature file not found: {path} (run the features stage first)")
-        data[split] = _split(pl.read_parquet(path), task, columns, str(path))
+        data[split] = _split(run_dir, split, spec, task, cats)
     for split, (_, y) in data.items():
         if y.size == 0 or y.min() == y.max():
             raise TrainingError(f"{name}: the {split} split has {y.size} rows in the task's sample space and "

@@ -95,8 +95,7 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
     spec = dataset.read_spec(run_dir)
     model, inputs, joint = _new_model(cfg, run_dir, spec, name, arch, mcfg, tasks, world)
     data_tasks = model.output_tasks
-    train = dataset.load_split(run_dir, "train", data_tasks, spec, inputs.text_rows)
-    valid = dataset.load_split(run_dir, "valid", data_tasks, spec, inputs.text_rows)
+    train, valid = _open_splits(run_dir, data_tasks, spec, inputs.text_rows, rank, world)
     _check_sample_spaces(train, valid, model.loss_tasks, name)
     placed = _place(train, device)
     s = trainer.make_setup(model, placed, cfg.train, weighting, device, rank, world)
@@ -156,14 +155,19 @@ def _new_model(cfg: Config, run_dir: Path, spec: dict, name: str, arch: str, mcf
 
 
 def _concat(a: Any, b: Any) -> Any:
-    """Two splits' TensorData as one (train then valid), for the refit."""
+    """Two splits as one in-memory TensorData (train then valid), for the refit: unlike the selection run, the
+    refit holds train + valid in memory (train.refit is off by default)."""
     import torch
 
     from pipeline.features.dataset import TensorData
 
-    text = None if a.text is None else torch.cat([a.text, b.text])
-    return TensorData(torch.cat([a.cat, b.cat]), torch.cat([a.num, b.num]), text, torch.cat([a.labels, b.labels]),
-                      torch.cat([a.mask, b.mask]), a.tasks)
+    a, b = (x.slice(0, len(x)) if hasattr(x, "slice") else x for x in (a, b))
+
+    def cat(x: Any, y: Any) -> Any:
+        return None if x is None else torch.cat([x, y])
+
+    return TensorData(cat(a.cat, b.cat), cat(a.num, b.num), cat(a.text, b.text), cat(a.labels, b.labels),
+                      cat(a.mask, b.mask), a.tasks, seq=cat(a.seq, b.seq))
 
 
 def _refit_info(spec: dict, r: Any, plan: dict, name: str) -> dict[str, Any]:
@@ -216,9 +220,26 @@ def _save_joint_encoder(cfg: Config, model: Any, inputs: Any, folder: Path, run_
                   "joint": {"layers": info["layers"], "lr": info["lr"]}})
 
 
+def _open_splits(run_dir: Path, tasks: tuple[str, ...], spec: dict[str, Any], text_rows: int, rank: int,
+                 world: int) -> tuple[Any, Any]:
+    """(train, valid) as memory-mapped splits (pipeline.features.arrays). Under DDP rank 0 converts the Parquet
+    files on first use while the other ranks wait, then every rank maps the same arrays."""
+    from pipeline.features import arrays
+
+    if world > 1:
+        import torch.distributed as dist
+
+        if rank == 0:
+            for split in ("train", "valid"):
+                arrays.ensure_arrays(run_dir, split, spec)
+        dist.barrier()
+    return tuple(arrays.open_split(run_dir, split, tasks, spec, text_rows) for split in ("train", "valid"))
+
+
 def _place(train: Any, device: Any) -> Any:
     """On CUDA the whole split goes to the GPU when it takes under half the free memory (batches are then
-    slices of GPU tensors); otherwise it stays in pinned host memory and each batch is copied asynchronously."""
+    gathered from GPU tensors); otherwise it stays memory-mapped and each batch is gathered into pinned host
+    memory and copied asynchronously."""
     if device.type != "cuda":
         return train
     import torch
@@ -230,7 +251,7 @@ def _place(train: Any, device: Any) -> Any:
 def _check_sample_spaces(train: Any, valid: Any, tasks: tuple[str, ...], name: str) -> None:
     if len(valid) == 0:
         raise TrainingError(f"{name}: the valid split has no rows (early stopping and model selection need it)")
-    counts = train.mask.sum(0)
+    counts = train.label_sums()[1]
     empty = [t for t in tasks if float(counts[train.tasks.index(t)]) == 0]
     if len(train) == 0 or empty:
         raise TrainingError(f"{name}: the train split has no rows for task(s) {empty or list(tasks)}")

@@ -1,7 +1,9 @@
 """The training loop shared by every architecture and the baselines: one code path, no per-model branches.
 
-`train_epoch()` runs one epoch over contiguous tensors, `evaluate_split()` scores the valid split, `stop_metric()`
-ranks epochs; model selection, refit and checkpoints over these are in `pipeline.training.fitting`.
+`train_epoch()` runs one epoch over a split (TensorData in memory, or a memory-mapped
+`pipeline.features.arrays.MappedSplit`: each batch is gathered by index from one seeded permutation, so no
+epoch copies the split), `evaluate_split()` scores the valid split in chunks, `stop_metric()` ranks epochs;
+model selection, refit and checkpoints over these are in `pipeline.training.fitting`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
 from pipeline.evaluation.metrics import auc
-from pipeline.features.dataset import TensorData, batches
+from pipeline.features.dataset import TensorData, batch_order, batches
 from pipeline.progress import bar
 from pipeline.training.losses import masked_bce
 from pipeline.training.weighting import Weighting, make_weighting
@@ -78,7 +80,8 @@ def make_optimizers(model: Any, weighting: Weighting, cfg: TrainConfig) -> list[
 def label_rates(data: TensorData) -> dict[str, float]:
     """Label rate of each task on its sample space; cvr also from the funnel identity ctcvr = ctr x cvr when only
     ctr and ctcvr labels are at hand."""
-    rates = ((data.labels * data.mask).sum(0) / data.mask.sum(0).clamp_min(1)).tolist()
+    pos, count = data.label_sums()  # TensorData or a memory-mapped split (read in chunks)
+    rates = (pos / count.clamp_min(1)).tolist()
     out = dict(zip(data.tasks, rates))
     if "cvr" not in out and out.get("ctr", 0) > 0 and "ctcvr" in out:
         out["cvr"] = out["ctcvr"] / out["ctr"]
@@ -151,26 +154,29 @@ def _shift(weight: torch.Tensor, rows: torch.Tensor | None, delta: torch.Tensor)
         weight.index_add_(0, rows, delta)
 
 
-def _shard(chunk: TensorData, rank: int, world: int) -> TensorData:
-    """Rank r takes the r-th equal part of a global batch (DDP averages the ranks' gradients)."""
+def _shard(index: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank r takes the r-th equal contiguous part of a global batch's row indices (int64 [B] -> [~B/world]), so
+    it reads only those rows; every rank draws the same permutation, so the parts are disjoint and cover the
+    epoch (DDP averages the ranks' gradients)."""
     if world == 1:
-        return chunk
-    n = len(chunk)
-    return chunk.slice(rank * n // world, (rank + 1) * n // world)
+        return index
+    n = len(index)
+    return index[rank * n // world:(rank + 1) * n // world]
 
 
-def train_epoch(s: Setup, data: TensorData, cfg: TrainConfig, epoch: int, label: str) -> dict[str, Any]:
-    """One pass over `data` in a seed- and epoch-determined order -> {"train_loss": [T], "samples_per_s"}."""
+def train_epoch(s: Setup, data: Any, cfg: TrainConfig, epoch: int, label: str) -> dict[str, Any]:
+    """One pass over `data` (TensorData or MappedSplit) in a seed- and epoch-determined order (the same on every
+    rank) -> {"train_loss": [T], "samples_per_s", "weights"}."""
     s.model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     sums, n_batches, seen = torch.zeros(len(s.model.loss_tasks)), 0, 0
     start = last = time.perf_counter()
     n_steps = math.ceil(len(data) / cfg.batch_size)
-    chunks = batches(data, cfg.batch_size, shuffle=True, generator=gen)
+    order = batch_order(len(data), cfg.batch_size, gen)
     if s.rank == 0:  # one bar per epoch on a terminal (pipeline.progress), nothing in Airflow logs
-        chunks = bar(chunks, total=n_steps, desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch")
-    for step, chunk in enumerate(chunks):
-        chunk = _shard(chunk, s.rank, s.world).to(s.device)
+        order = bar(order, total=n_steps, desc=f"{label} epoch {epoch}/{cfg.epochs}", unit="batch")
+    for step, index in enumerate(order):
+        chunk = data.take(_shard(index, s.rank, s.world)).to(s.device)
         losses, extra = _step_losses(s, chunk, cfg)
         if not bool(torch.isfinite(losses).all()):
             raise TrainingError(f"{label}: non-finite loss at epoch {epoch} step {step}: {losses.tolist()}")
@@ -194,27 +200,43 @@ def train_epoch(s: Setup, data: TensorData, cfg: TrainConfig, epoch: int, label:
 
 
 @torch.no_grad()
-def predict_logits(model: Any, data: TensorData, device: torch.device, batch_size: int = 65536) -> dict[str, Any]:
-    """Logits of every output task on `data`, eval mode -> {task: float32 tensor [N]} on the CPU."""
+def _predict(model: Any, data: Any, device: torch.device, batch_size: int,
+             labels: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Logits {task: float32 [N]} (and, when `labels`, labels and mask float32 [N, T]) on the CPU, read in
+    chunks of `batch_size` rows in row order (a memory-mapped split is never loaded whole)."""
     model.eval()
     outs: dict[str, list[torch.Tensor]] = {}
+    ys, ms = [], []
     for chunk in batches(data, batch_size):
         with autocast(device):
             logits = model(chunk.to(device).batch())
         for t, z in logits.items():
             outs.setdefault(t, []).append(z.float().cpu())
-    return {t: torch.cat(v) for t, v in outs.items()}
+        if labels:
+            ys.append(chunk.labels)
+            ms.append(chunk.mask)
+    cat = (lambda v: torch.cat(v) if v else None)
+    return {t: torch.cat(v) for t, v in outs.items()}, cat(ys), cat(ms)
 
 
-def evaluate_split(model: Any, data: TensorData, device: torch.device) -> dict[str, Any]:
-    """Valid-split AUC per output task (on its sample space) and masked loss per loss task."""
-    logits = predict_logits(model, data, device)
-    losses = masked_bce(logits, data.labels, data.mask, model.loss_tasks, data.tasks)
+def predict_logits(model: Any, data: Any, device: torch.device, batch_size: int = 65536) -> dict[str, Any]:
+    """Logits of every output task on `data` (TensorData or MappedSplit), eval mode -> {task: float32 [N]} on
+    the CPU, computed in chunks of `batch_size` rows."""
+    return _predict(model, data, device, batch_size, labels=False)[0]
+
+
+def evaluate_split(model: Any, data: Any, device: torch.device, batch_size: int = 65536) -> dict[str, Any]:
+    """Valid-split AUC per output task (on its sample space) and masked loss per loss task, over chunks of
+    `data` (TensorData or MappedSplit)."""
+    logits, y, mask = _predict(model, data, device, batch_size, labels=True)
+    tasks = data.tasks
+    losses = masked_bce(logits, y, mask, model.loss_tasks, tasks)
     aucs, positives = {}, {}
     for t in model.tasks:
-        j, m = data.tasks.index(t), data.mask[:, data.tasks.index(t)] > 0
-        aucs[t] = auc(data.labels[m, j].numpy(), logits[t][m].numpy())
-        positives[t] = float(data.labels[m, j].sum())
+        j = tasks.index(t)
+        m = mask[:, j] > 0
+        aucs[t] = auc(y[m, j].numpy(), logits[t][m].numpy())
+        positives[t] = float(y[m, j].sum())
     return {"auc": aucs, "loss": dict(zip(model.loss_tasks, losses.tolist())), "positives": positives}
 
 

@@ -18,7 +18,7 @@ from pipeline import models
 from pipeline.config import load_config
 from pipeline.errors import FeatureError
 from pipeline.features import arrays, dataset
-from pipeline.training import gbdt, trainer
+from pipeline.training import fitting, gbdt, trainer
 
 TASKS = ("ctr", "cvr", "ctcvr")
 SEQ = [f"seq__item_{k:02d}" for k in range(3)]
@@ -125,7 +125,7 @@ def _fit(cfg, train, valid):
     run = Path(cfg.home) / "runs" / RUN_ID
     model = models.build("mmoe", dataset.input_spec(run, dataset.read_spec(run), 4), cfg.model, ("ctr", "cvr"))
     s = trainer.make_setup(model, train, cfg.train, "uncertainty", torch.device("cpu"))
-    trainer.fit(s, train, valid, cfg.train, "t")
+    fitting.fit(s, train, valid, cfg.train, "t")
     return s
 
 

@@ -115,10 +115,9 @@ class EventIdIndex:
             seq += 1
         name = f"L{level}-{seq:06d}"
         for suffix, arr in ((".h.npy", h), (".d.npy", d)):
-            with atomic_path(self.root / f"{name}{suffix}") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(arr))
-        return {"name": name, "level": level, "rows": int(len(h))}
+            with atomic_path(self.root / f"{name}{suffix}") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(arr))
+        return {"name": name, "level": level, "rows": len(h)}
 
     def _merge(self, man: dict, runs: list[dict], level: int, keep=None) -> dict:
         hs, ds = zip(*(self._arrays(r["name"]) for r in runs)) if runs else ((), ())

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.data.schema import TASKS
 from pipeline.errors import FeatureError, TrainingError
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.paths import FEATURES_DIR, MODELS_DIR, Layout, gbdt_name

@@ -18,6 +18,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import TrainingError
 from pipeline.features.dataset import TensorData
 from pipeline.io import atomic_path
+from pipeline.paths import SELECTED_MODEL
 from pipeline.training.trainer import Setup, evaluate_split, stop_metric, train_epoch
 
 log = logging.getLogger(__name__)
@@ -155,3 +156,25 @@ def refit(s: Setup, data: TensorData, cfg: TrainConfig, plan: dict[str, Any], la
     _put_towers(s.model, {i: s.best["tasks"][t]["tower"] for i, t in enumerate(s.model.tower_tasks) if t in towers})
     s.best["towers"] = dict(towers)
     return s
+
+
+def concat_splits(a: Any, b: Any) -> Any:
+    """Two splits as one in-memory TensorData (train then valid), for the refit: unlike the selection run, the
+    refit holds train + valid in memory (train.refit is off by default)."""
+    a, b = (x.slice(0, len(x)) if hasattr(x, "slice") else x for x in (a, b))
+
+    def cat(x: Any, y: Any) -> Any:
+        return None if x is None else torch.cat([x, y])
+
+    return TensorData(cat(a.cat, b.cat), cat(a.num, b.num), cat(a.text, b.text), cat(a.labels, b.labels),
+                      cat(a.mask, b.mask), a.tasks, seq=cat(a.seq, b.seq))
+
+
+def refit_info(spec: dict, r: Any, plan: dict, selected: bool) -> dict[str, Any]:
+    """What the refit did, for meta.json and the model card: epochs, towers' epochs, windows, train losses."""
+    splits = spec.get("splits", {})
+    return {"epochs": plan["epoch"], "towers": plan["towers"],
+            "train_dates": [*splits.get("train", {}).get("dates", []), *splits.get("valid", {}).get("dates", [])],
+            "selected_on": splits.get("valid", {}).get("dates", []),
+            "selected_model": SELECTED_MODEL if selected else None,
+            "train_loss": [row["train_loss"] for row in r.history]}

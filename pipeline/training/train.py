@@ -117,11 +117,11 @@ def train_model(cfg: Config, run_id: str, name: str = MTL_MODEL, resume: bool = 
                   if joint else None, joint)
         model, _, _ = _new_model(cfg, run_dir, spec, name, arch, mcfg, tasks, world)
         del placed  # the GPU copy of train, before train + valid takes its place
-        both = _place(_concat(train, valid), device)
+        both = _place(fitting.concat_splits(train, valid), device)
         r = trainer.make_setup(model, both, cfg.train, weighting, device, rank, world)
         done.append(ckpt.with_name("refit.pt"))
         fitting.refit(r, both, cfg.train, plan, f"{run_id}/{name} refit", done[-1], resume, tag)
-        meta.update(train_rows=len(both), refit=_refit_info(spec, r, plan, name))
+        meta.update(train_rows=len(both), refit=fitting.refit_info(spec, r, plan, name == MTL_MODEL))
     model_dir = run_dir / MODELS_DIR / name
     if rank == 0:
         _save(model_dir, model, meta, (lambda tmp: _save_joint_encoder(cfg, model, inputs, tmp / JOINT_ENCODER_DIR,
@@ -152,32 +152,6 @@ def _new_model(cfg: Config, run_dir: Path, spec: dict, name: str, arch: str, mcf
     if grad == "dense" or (grad == "auto" and world > 1):
         model.dense_embedding_gradients()
     return model, inputs, joint
-
-
-def _concat(a: Any, b: Any) -> Any:
-    """Two splits as one in-memory TensorData (train then valid), for the refit: unlike the selection run, the
-    refit holds train + valid in memory (train.refit is off by default)."""
-    import torch
-
-    from pipeline.features.dataset import TensorData
-
-    a, b = (x.slice(0, len(x)) if hasattr(x, "slice") else x for x in (a, b))
-
-    def cat(x: Any, y: Any) -> Any:
-        return None if x is None else torch.cat([x, y])
-
-    return TensorData(cat(a.cat, b.cat), cat(a.num, b.num), cat(a.text, b.text), cat(a.labels, b.labels),
-                      cat(a.mask, b.mask), a.tasks, seq=cat(a.seq, b.seq))
-
-
-def _refit_info(spec: dict, r: Any, plan: dict, name: str) -> dict[str, Any]:
-    """What the refit did, for meta.json and the model card: epochs, towers' epochs, windows, train losses."""
-    splits = spec.get("splits", {})
-    return {"epochs": plan["epoch"], "towers": plan["towers"],
-            "train_dates": [*splits.get("train", {}).get("dates", []), *splits.get("valid", {}).get("dates", [])],
-            "selected_on": splits.get("valid", {}).get("dates", []),
-            "selected_model": SELECTED_MODEL if name == MTL_MODEL else None,
-            "train_loss": [row["train_loss"] for row in r.history]}
 
 
 def _save(model_dir: Path, model: Any, meta: dict[str, Any], extra: Any = None, joint: bool = False) -> None:

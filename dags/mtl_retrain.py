@@ -222,7 +222,7 @@ def validate(info: dict) -> dict:
 
 @task(retries=0)
 def aggregate_days(info: dict) -> list[str]:
-    """The lake days whose per-day history aggregates the features of D read (none with history off)."""
+    """The lake days whose per-day history aggregates the features of D read (the split days with history off)."""
     from pipeline.features.aggregates import aggregate_days as days
 
     return _stage(days, info, info["date"])
@@ -240,9 +240,9 @@ def aggregate(info: dict, day: str) -> dict:
     return _stage(build_day_aggregates, info, day)
 
 
-# none_failed_min_one_success: with history off the aggregate list is empty and its mapped task is skipped;
-# validate (also upstream) must still have succeeded, so a skipped night (no landing day) skips this too.
-@task(trigger_rule="none_failed_min_one_success")
+# All upstream must succeed (the default): a skipped night (no landing day) skips this too. The aggregate list
+# is never empty (pipeline.features.aggregates.aggregate_days), so its mapped task is never skipped for that.
+@task
 def features(info: dict) -> dict:
     """Time-split feature files (train / valid / test windows ending at D) and the feature spec."""
     from pipeline.features.build import build_features

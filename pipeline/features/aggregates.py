@@ -167,8 +167,9 @@ def write_history(layout: Layout, days: list[dt.date], folder: Path) -> None:
 
 
 def aggregate_days(cfg: Config, date: dt.date | str) -> list[str]:
-    """The lake days whose aggregates the features stage of `date` reads (ISO dates, oldest first)."""
-    if not cfg.features.history:
-        return []
-    days = lake_days(Layout.of(cfg.home), split_dates(cfg, date), max(cfg.features.history_windows))
+    """The lake days whose aggregates the features stage of `date` reads (ISO dates, oldest first). With history
+    off: the split days alone, so the list is never empty (the DAG maps over it, and an empty mapped task would
+    be skipped, and with it everything after; their aggregates also serve the fresh history at scoring)."""
+    back = max(cfg.features.history_windows) if cfg.features.history else 0
+    days = lake_days(Layout.of(cfg.home), split_dates(cfg, date), back)
     return [d.isoformat() for d in days]

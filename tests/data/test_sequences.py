@@ -79,7 +79,7 @@ def test_matches_brute_force():
 def built(tiny_landing, tmp_path_factory):
     from pipeline.config import load_config
     from pipeline.features.build import build_features
-    from tests.data.test_features import LAST, make_lake
+    from test_features import LAST, make_lake
 
     home = tmp_path_factory.mktemp("seq") / "home"
     lay = make_lake(tiny_landing, home, plant_new=False)
@@ -95,7 +95,7 @@ def built(tiny_landing, tmp_path_factory):
 def test_features_stage_writes_the_sequence_and_serving_computes_the_same(built):
     from pipeline.features.build import serve_features, transform
     from pipeline.features.dataset import read_spec
-    from tests.data.test_features import LAST
+    from test_features import LAST
 
     spec = read_spec(built.feat.parent)
     cols = columns(5, ("item_id", "category"))
@@ -117,7 +117,7 @@ def test_serving_reads_fresh_lake_days(built):
     """A state whose clicks end a day early (a model trained before the newest day) gets that day's clicks
     from the lake with history_from, so it computes what a state built on the whole lake does."""
     from pipeline.features.state import FeatureState
-    from tests.data.test_features import LAST
+    from test_features import LAST
 
     state = FeatureState.load(built.feat / "state")
     last = dt.date.fromisoformat(LAST)

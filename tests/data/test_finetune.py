@@ -44,6 +44,19 @@ def _lake(landing: Path, home: Path) -> Layout:
     return lay
 
 
+def _joint_run(tail_landing, tmp_path, fast_overrides):
+    """(layout, config, train_model's result) of a tiny text.finetune=joint MTL model on one train day."""
+    from pipeline.training.train import train_model
+
+    lay = _lake(tail_landing, tmp_path / "home")
+    over = [*[o for o in fast_overrides if not o.startswith("text.")], "data.train_days=1", "features.history=false",
+            "text.finetune=joint", "text.finetune_layers=1", "text.max_length=12", "text.finetune_lr=1e-3",
+            "train.batch_size=1024"]
+    cfg = load_config(overrides=over, home=lay.home)
+    build_features(cfg, DAYS[2])
+    return lay, cfg, train_model(cfg, DAYS[2], "mtl")
+
+
 def test_click_pairs_match_a_brute_force_reading():
     t0 = dt.datetime(2026, 4, 1, 10)
     rows = pl.DataFrame({
@@ -187,16 +200,10 @@ def test_joint_step_trains_the_top_layers_at_their_own_rate_and_versions_the_enc
 
     from pipeline.features import dataset
     from pipeline.training import trainer
-    from pipeline.training.train import load_trained, predict, train_model
+    from pipeline.training.train import load_trained, predict
     from pipeline.training.weighting import make_weighting
 
-    lay = _lake(tail_landing, tmp_path / "home")
-    over = [*[o for o in fast_overrides if not o.startswith("text.")], "data.train_days=1", "features.history=false",
-            "text.finetune=joint", "text.finetune_layers=1", "text.max_length=12", "text.finetune_lr=1e-3",
-            "train.batch_size=1024"]
-    cfg = load_config(overrides=over, home=lay.home)
-    build_features(cfg, DAYS[2])
-    out = train_model(cfg, DAYS[2], "mtl")
+    lay, cfg, out = _joint_run(tail_landing, tmp_path, fast_overrides)
     model, meta = load_trained(out["model_dir"])
     enc = model.features.text_encoder
     assert enc is not None and meta["inputs"]["text_encoder"]["layers"] == 1
@@ -269,15 +276,9 @@ def test_joint_model_serves_new_texts_with_its_own_encoder_stored_once(tail_land
     from pipeline.features.dataset import from_frame
     from pipeline.serving.pyfunc import MTLModel, build_bundle, serving_info
     from pipeline.serving.request import join_snapshots
-    from pipeline.training.train import predict, train_model
+    from pipeline.training.train import predict
 
-    lay = _lake(tail_landing, tmp_path / "home")
-    over = [*[o for o in fast_overrides if not o.startswith("text.")], "data.train_days=1", "features.history=false",
-            "text.finetune=joint", "text.finetune_layers=1", "text.max_length=12", "text.finetune_lr=1e-3",
-            "train.batch_size=1024"]
-    cfg = load_config(overrides=over, home=lay.home)
-    build_features(cfg, DAYS[2])
-    out = train_model(cfg, DAYS[2], "mtl")
+    lay, cfg, out = _joint_run(tail_landing, tmp_path, fast_overrides)
     stored = torch.load(Path(out["model_dir"]) / "model.pt", weights_only=True)
     assert not [k for k in stored if ".text_encoder.model." in k] and "features.text_encoder.tokens" in stored
     bundle = build_bundle(lay.run_dir(DAYS[2]), tmp_path / "bundle", lay.snapshot("users", DAYS[0]),

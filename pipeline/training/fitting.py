@@ -161,7 +161,7 @@ def refit(s: Setup, data: TensorData, cfg: TrainConfig, plan: dict[str, Any], la
 def concat_splits(a: Any, b: Any) -> Any:
     """Two splits as one in-memory TensorData (train then valid), for the refit: unlike the selection run, the
     refit holds train + valid in memory (train.refit is off by default)."""
-    a, b = (x.slice(0, len(x)) if hasattr(x, "slice") else x for x in (a, b))
+    a, b = (x.slice(0, len(x)) for x in (a, b))  # TensorData and MappedSplit both slice to TensorData
 
     def cat(x: Any, y: Any) -> Any:
         return None if x is None else torch.cat([x, y])

@@ -156,7 +156,7 @@ def champion_probs(cfg: Config, raw: pl.DataFrame) -> tuple[dict | None, dict[st
 
     A champion that cannot be reached, loaded or run on these rows is an error string, not an exception: the gate
     then fails (nothing moves) and the run's own metrics are still reported."""
-    from pipeline.registry import champion_predictions
+    from pipeline.registry_score import champion_predictions
 
     try:
         found = champion_predictions(cfg, raw.to_pandas())

@@ -3,7 +3,7 @@
     score(cfg, "models:/ecommerce-mtl@champion", landing, "2026-01-10", "scores.parquet")
 
 reads `<landing>/impressions/dt=D/*` plus the landing's users/items snapshots, scores the rows through the
-model's pyfunc in a fresh interpreter (`pipeline.registry.predict_isolated`: the model rebuilds features from raw rows with its own
+model's pyfunc in a fresh interpreter (`pipeline.registry_score.predict_isolated`: the model rebuilds features from raw rows with its own
 bundled state and code, history from the lake of `serving.history_from` when set, new texts cached under
 `serving.text_cache`) and writes `event_id`, `p_<task>` per task and `score` as Parquet, atomically.
 """
@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.errors import IngestError
 from pipeline.io import atomic_path
 from pipeline.paths import parse_date
-from pipeline.registry import predict_isolated
+from pipeline.registry_score import predict_isolated
 
 if TYPE_CHECKING:
     import polars as pl

@@ -106,7 +106,7 @@ def test_models_serve_takes_the_extras_and_names_missing_ones(hillstrom, tmp_pat
 def test_a_scoring_request_without_a_declared_column_is_a_named_error(hillstrom):
     from pipeline.config import load_config
     from pipeline.errors import DataValidationError
-    from pipeline.registry import predict_isolated
+    from pipeline.registry_score import predict_isolated
     from pipeline.serving.score import read_landing_day
 
     home, landing, dates, sets = hillstrom

@@ -217,6 +217,20 @@ def _check(days: int, impressions_per_day: int, users: int, items: int, long_tai
                               "(and not contain it)")
 
 
+def _longtail(aux, items_cols: dict, item_latent: dict, days: int, long_tail: float, popularity_drift: float,
+              new_items: float):
+    """Reword titles in place (`long_tail` > 0); the moving catalogue (longtail.Catalogue) or None when still."""
+    if long_tail > 0:
+        from pipeline.data.longtail import reword_titles
+
+        reword_titles(aux, items_cols, item_latent["tokens"], VOCAB, long_tail)
+    if popularity_drift > 0 or new_items > 0:
+        from pipeline.data.longtail import Catalogue
+
+        return Catalogue.make(aux, np.exp(item_latent["pop"]), days, popularity_drift, new_items)
+    return None
+
+
 def _write_oracle(folder: Path, day: dt.date, event_id, probs: dict[str, np.ndarray]) -> None:
     import pyarrow as pa
 
@@ -268,15 +282,7 @@ def generate(
     users_cols, user_latent = make_users(rng, users, start_ts, days)
     items_cols, item_latent = make_items(rng, items)
     aux = np.random.default_rng([seed, 1])  # long tail and catalogue moves: the main stream stays as it was
-    if long_tail > 0:
-        from pipeline.data.longtail import reword_titles
-
-        reword_titles(aux, items_cols, item_latent["tokens"], VOCAB, long_tail)
-    catalogue = None
-    if popularity_drift > 0 or new_items > 0:
-        from pipeline.data.longtail import Catalogue
-
-        catalogue = Catalogue.make(aux, np.exp(item_latent["pop"]), days, popularity_drift, new_items)
+    catalogue = _longtail(aux, items_cols, item_latent, days, long_tail, popularity_drift, new_items)
     _write_parquet(pa.table(users_cols, schema=USERS), out / "users.parquet")
     _write_parquet(pa.table(items_cols, schema=ITEMS), out / "items.parquet")
     dates = [start + dt.timedelta(days=i) for i in range(days)]

@@ -4,6 +4,14 @@ pipeline.data.generate draws requests and items shown from these; the label mode
 says how likely a click, a cart and a purchase are, so the labels the generator draws and the oracle it can
 write (`funnel_probs`, the true probabilities) cannot disagree. All draws come from the caller's generator, in
 a fixed order: same generator state in, same traits and labels out.
+
+What drives the labels (so a model has something to learn beyond popularity):
+- click: user taste for the item's category, heavy-tailed item popularity, position bias, query-title word
+  overlap on search, price sensitivity of the user's segment (mild), surface and hour of day;
+- cart (given click): brand affinity of brand-conscious users, price sensitivity (strong), purchase intent;
+- purchase (given click): mostly from carted rows, driven by price relative to the category (scaled by the
+  user's price sensitivity), item quality and the user's purchase intent (a latent per-user trait).
+Users' segments correlate with their observable attributes (age bucket, city tier), so features can find them.
 """
 
 from __future__ import annotations
@@ -123,7 +131,10 @@ class Funnel:
 
 
 def funnel(user, item, surf, position, hour, overlap, users: dict, items: dict) -> Funnel:
-    """The label model for rows showing `item` [n] to `user` [n] on surface code `surf` [n] (1 search, 2 ad)."""
+    """The label model for rows showing `item` [n] to `user` [n] (indices into `items` / `users`, the latent
+    dicts of make_items / make_users, items as of the row's day) on surface code `surf` [n] (0 recommend,
+    1 search, 2 ad) at slot `position` [n], hour of day `hour` [n] (float) with `overlap` [n] query words in
+    the title (0 off search)."""
     sens = users["sens"][user]
     rel = items["rel_price"][item]
     taste = users["taste"][user, items["cat"][item]]

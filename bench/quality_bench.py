@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/quality_bench.py generated --days 12 --impressions 25000 --users 30000 --items 8000
     .venv/bin/python bench/quality_bench.py hillstrom --csv /work/shared/data/real/hillstrom-email/hillstrom.csv
-    add --ablate for the ablation table (defaults minus each feature group / model idea)
+    add --ablate for the ablation table (defaults minus each feature group / model idea), --ablation-seeds 3
+    to repeat each ablation row over train.seed 0, 1, 2 (mean ± sd: tells an effect from seed noise)
     generated: --popularity-drift 0.1 --new-items 0.1 --long-tail 0.3 for a drifting catalogue (off by default)
 
 Per data set: `mtl run` for day D (the landing's last day minus 2; MLflow in the work home, the gate as
@@ -10,9 +11,12 @@ configured), then `mtl score` of the two days after with the registered champion
 kept the champion from moving; the table says which). Printed, per task: the test-day AUC (day D) of MTL, each
 single-task DNN baseline, each LightGBM baseline (from evaluation.json) and item popularity; and on the days
 after: the scored champion, and the run's baselines through the same `transform` of the run's feature state.
-The generator does not write its true probabilities, so there is no oracle column.
+On a generated log both tables also have an oracle row: the probabilities the generator drew the labels from
+(`mtl generate --oracle-out`, written to <work>/<name>/oracle beside the landing; for a landing generated
+without one it is made once by generating again with the same arguments into a temporary folder, and the bench
+stops if those impressions differ from the landing's). Hillstrom has no oracle, so no such row.
 Ablation: the same windows, features rebuilt where a feature group is switched off, only the MTL model
-trained; test-day AUC per task and the mean.
+trained; test-day AUC per task and the mean (one run per row, or mean ± sd over --ablation-seeds N seeds).
 """
 
 from __future__ import annotations
@@ -21,11 +25,21 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from quality_tables import (
+    ORACLE_ROW,
+    aucs,
+    ensure_oracle,
+    landing_days,
+    mean_spread,
+    mtl,
+    oracle_probs,
+    popularity,
+    print_table,
+)
 
 ABLATIONS = {  # name -> overrides on top of the defaults
     "defaults": [],
@@ -42,20 +56,8 @@ ABLATIONS = {  # name -> overrides on top of the defaults
     "esmm instead of mmoe": ["model.name=esmm"],
     "+ sequences": ["features.sequence_length=10"],  # DIN target attention over the last 10 clicked items
     "+ sequences (item, category)": ["features.sequence_length=10", "features.sequence_fields=[item_id, category]"],
-    # The same pair under another initialisation: how much of a difference is seed noise.
-    "defaults, train.seed=1": ["train.seed=1"],
-    "+ sequences, train.seed=1": ["features.sequence_length=10", "train.seed=1"],
-}
+}  # seed noise: --ablation-seeds N repeats every row over train.seed 0..N-1
 FEATURE_KEYS = ("features.", "text.", "data.")
-
-
-def mtl(*args: str, env: dict | None = None) -> dict:
-    """One `mtl` CLI call; its JSON result."""
-    exe = Path(sys.executable).with_name("mtl")
-    out = subprocess.run([str(exe), *args], check=False, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise SystemExit(f"mtl {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout)
 
 
 def mtl_probs(run_dir: Path, test) -> dict[str, np.ndarray]:
@@ -69,41 +71,11 @@ def mtl_probs(run_dir: Path, test) -> dict[str, np.ndarray]:
     return {t: np.asarray(probs[:, j], dtype=np.float64) for j, t in enumerate(tasks)}
 
 
-def auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from pipeline.evaluation.metrics import auc as _auc
-
-    value = _auc(np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64))
-    return None if value is None or np.isnan(value) else float(value)
-
-
-def landing_days(landing: Path) -> list[str]:
-    return sorted(p.name[3:] for p in (landing / "impressions").glob("dt=*"))
-
-
-def popularity(landing: Path, train: list[str], test: str, task: str, k: float = 20.0) -> float | None:
-    """Test-day AUC of the item's smoothed label rate over the train days (bench/popularity_baseline.py)."""
-    import polars as pl
-
-    from pipeline.data.schema import TASKS
-
-    spec = TASKS[task]
-    imp = pl.read_parquet(f"{landing}/impressions/*/*.parquet", hive_partitioning=True)
-    imp = imp.with_columns(pl.col("dt").cast(pl.String))
-    tr, te = imp.filter(pl.col("dt").is_in(train)), imp.filter(pl.col("dt") == test)
-    if spec.given:
-        tr, te = tr.filter(pl.col(spec.given) == 1), te.filter(pl.col(spec.given) == 1)
-    prior = tr[spec.label].mean()
-    rate = tr.group_by("item_id").agg(((pl.col(spec.label).sum() + k * prior) / (pl.len() + k)).alias("p"))
-    te = te.join(rate, on="item_id", how="left").with_columns(pl.col("p").fill_null(prior))
-    return auc(te[spec.label].to_numpy(), te["p"].to_numpy())
-
-
-def after_days(cfg, landing: Path, run_id: str, days: list[str], model_uri: str) -> dict:
+def after_days(cfg, landing: Path, run_id: str, days: list[str], model_uri: str, oracle: Path | None) -> dict:
     """AUC per model and task on `days`: the registered model through `mtl score`, the run's baselines through
-    transform with the run's feature state (history up to D, as at serving)."""
+    transform with the run's feature state (history up to D, as at serving); the oracle when there is one."""
     import polars as pl
 
-    from pipeline.data.schema import TASKS
     from pipeline.evaluation.evaluate import predict_models
     from pipeline.features.build import transform
     from pipeline.features.dataset import read_spec
@@ -131,71 +103,74 @@ def after_days(cfg, landing: Path, run_id: str, days: list[str], model_uri: str)
     else:
         print(f"mtl score failed, no registered-model row: {error}")
         preds["registered"] = {}
-    table = {}
-    for name, probs in preds.items():
-        for task, p in probs.items():
-            spec = TASKS[task]
-            m = np.ones(test.height, bool) if spec.given is None else test[spec.given].to_numpy() == 1
-            table.setdefault(name, {})[task] = auc(test[spec.label].to_numpy()[m], np.asarray(p)[m])
-    return table
+    if oracle is not None:
+        preds[ORACLE_ROW] = oracle_probs(test, oracle)
+    return {name: aucs(test, probs) for name, probs in preds.items()}
 
 
-def print_table(title: str, rows: dict[str, dict[str, float | None]], tasks: list[str]) -> None:
-    print(f"\n{title}")
-    print(f"| model | {' | '.join(tasks)} |")
-    print("|---|" + "---|" * len(tasks))
-    for name, vals in rows.items():
-        print(f"| {name} | " + " | ".join("-" if vals.get(t) is None else f"{vals[t]:.4f}" for t in tasks) + " |")
+def main_table(report: dict, landing: Path, train_days: list[str], run_dir: Path, oracle: Path | None) -> dict:
+    """Test-day AUC per model (evaluation.json), item popularity and, when there is one, the oracle on the
+    run's test rows."""
+    import polars as pl
 
+    from pipeline.data.schema import LABELS
 
-def main_table(report: dict, landing: Path, train_days: list[str]) -> dict:
     tasks = report["tasks"]
     rows = {n: {t: m.get(t, {}).get("overall", {}).get("auc") for t in tasks}
             for n, m in sorted(report["models"].items()) if n != "champion"}
     rows["popularity (item rate)"] = {t: popularity(landing, train_days, report["date"], t) for t in tasks}
+    if oracle is not None:
+        test = pl.read_parquet(run_dir / "features" / "test.parquet", columns=["event_id", *LABELS])
+        rows[ORACLE_ROW] = aucs(test, oracle_probs(test, oracle))
     return rows
 
 
-def ablate(cfg_args: list[str], home: Path, date: str, tasks: list[str], names: list[str]) -> dict:
-    """Test-day AUC of the MTL model per ablation (own run id; features rebuilt when a feature key changes)."""
+def ablate_once(cfg_args: list[str], home: Path, date: str, extra: list[str], seed: int | None) -> dict:
+    """Test-day AUC per task of one MTL training with the overrides `extra` (and train.seed=`seed` unless None),
+    their mean and the valid metric training selected on. Features are rebuilt (own run id) only when `extra`
+    changes a feature key; every seed of a row shares them."""
+    import hashlib
+
+    import polars as pl
+
     from pipeline.config import load_config
     from pipeline.features.build import build_features
     from pipeline.paths import Layout
     from pipeline.training.train import train_model
 
+    seeds = [] if seed is None else [f"train.seed={seed}"]
+    cfg = load_config(overrides=[*cfg_args, *extra, *seeds, "train.baselines=false", "train.gbdt_baselines=false"],
+                      home=home)
+    feats = any(o.startswith(FEATURE_KEYS) for o in extra)
+    run_id = f"abl-{hashlib.sha256('|'.join(extra).encode()).hexdigest()[:8]}" if feats else "abl-features"
+    run_dir = Layout.of(home).run_dir(run_id)
+    if not (run_dir / "features" / "feature_spec.json").is_file():
+        build_features(cfg, date, run_id)
+    valid = train_model(cfg, run_id, "mtl")["valid"]["metric"]  # selection is on valid; test is reported
+    test = pl.read_parquet(run_dir / "features" / "test.parquet")
+    row = aucs(test, mtl_probs(run_dir, test))
+    row["mean"] = float(np.mean([v for v in row.values() if v is not None]))
+    row["valid mean"] = float(valid)
+    return row
+
+
+def ablate(cfg_args: list[str], home: Path, date: str, names: list[str], seeds: int) -> dict:
+    """Ablation rows: one run each (the configured train.seed) when `seeds` is 1, else "mean ± sd" per column
+    over train.seed 0..seeds-1."""
     rows = {}
     for name in names:
-        extra = ABLATIONS[name]
-        cfg = load_config(overrides=[*cfg_args, *extra, "train.baselines=false", "train.gbdt_baselines=false"],
-                          home=home)
-        feats = any(o.startswith(FEATURE_KEYS) for o in extra)
-        run_id = f"abl-{abs(hash(tuple(extra))) % 10**8}" if feats else "abl-features"
-        run_dir = Layout.of(home).run_dir(run_id)
-        if not (run_dir / "features" / "feature_spec.json").is_file():
-            build_features(cfg, date, run_id)
-        valid = train_model(cfg, run_id, "mtl")["valid"]["metric"]  # selection is on valid; test is reported
-        import polars as pl
-
-        test = pl.read_parquet(run_dir / "features" / "test.parquet")
-        rows[name] = _aucs(test, mtl_probs(run_dir, test))
-        rows[name]["mean"] = float(np.mean([v for v in rows[name].values() if v is not None]))
-        rows[name]["valid mean"] = float(valid)
-        print(f"ablation {name}: {rows[name]}", file=sys.stderr, flush=True)
+        runs = []
+        for seed in [None] if seeds == 1 else range(seeds):
+            runs.append(ablate_once(cfg_args, home, date, ABLATIONS[name], seed))
+            print(f"ablation {name} (train.seed {'as configured' if seed is None else seed}): {runs[-1]}", file=sys.stderr,
+                  flush=True)
+        rows[name] = runs[0] if seeds == 1 else mean_spread(runs)
     return rows
 
 
-def _aucs(test, probs: dict) -> dict:
-    from pipeline.data.schema import TASKS
-
-    out = {}
-    for task, p in probs.items():
-        spec = TASKS[task]
-        m = np.ones(test.height, bool) if spec.given is None else test[spec.given].to_numpy() == 1
-        out[task] = auc(test[spec.label].to_numpy()[m], p[m])
-    return out
-
-
-def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args) -> None:
+def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args, oracle: Path | None) -> None:
+    """Run day D, print the test-day and days-after tables (with the oracle row when `oracle` is a folder) and
+    the ablation table when asked."""
     from pipeline.config import load_config
 
     days = landing_days(landing)
@@ -215,17 +190,37 @@ def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args) ->
     print(f"\n## {label}: run {date}, train {spec['splits']['train']['dates'][0]}..{spec['splits']['train']['dates'][-1]}"
           f" ({spec['splits']['train']['rows']} rows), test {date} ({report['test']['rows']} rows); gate "
           f"{'passed' if report['gate']['passed'] else 'failed'}: {report['gate']['reasons']}")
-    print_table(f"test day {date} AUC", main_table(report, landing, spec["splits"]["train"]["dates"]), tasks)
+    rows = main_table(report, landing, spec["splits"]["train"]["dates"], home / "runs" / date, oracle)
+    print_table(f"test day {date} AUC", rows, tasks)
     reg = result.get("register") or {}
     alias = "champion" if reg.get("champion") else "challenger"
     uri = f"models:/{cfg.registry.model_name}@{alias}"
-    after = after_days(cfg, landing, date, days[-2:], uri)
+    after = after_days(cfg, landing, date, days[-2:], uri, oracle)
     after[f"registered ({alias}, via mtl score)"] = after.pop("registered", {})
+    if oracle is not None:  # last, as in the test-day table
+        after[ORACLE_ROW] = after.pop(ORACLE_ROW)
     print_table(f"days after the run {days[-2]}..{days[-1]} AUC", after, tasks)
     if args.ablate:
         names = args.ablations.split("|") if args.ablations else list(ABLATIONS)
-        print_table(f"ablation, test day {date} AUC (MTL only)", ablate(sets, home, date, tasks, names),
-                    [*tasks, "mean", "valid mean"])
+        seeds = f"mean ± sd over train.seed 0..{args.ablation_seeds - 1}" if args.ablation_seeds > 1 else "one seed"
+        print_table(f"ablation, test day {date} AUC (MTL only, {seeds})",
+                    ablate(sets, home, date, names, args.ablation_seeds), [*tasks, "mean", "valid mean"])
+
+
+def generated(args, work: Path) -> tuple[Path, Path, str]:
+    """The generated landing and its oracle folder (made when missing) and the table label."""
+    landing, oracle = work / "landing", work / "oracle"
+    gen = ["--days", str(args.days), "--impressions-per-day", str(args.impressions), "--users", str(args.users),
+           "--items", str(args.items), "--seed", str(args.seed), "--start-date", dt.date(2026, 3, 1).isoformat(),
+           "--popularity-drift", str(args.popularity_drift), "--new-items", str(args.new_items),
+           "--long-tail", str(args.long_tail)]
+    if not landing.is_dir():
+        mtl("generate", "--out", str(landing), "--oracle-out", str(oracle), *gen)
+    ensure_oracle(landing, oracle, gen)
+    label = (f"generated {args.days} days x {args.impressions} impressions, {args.users} users, {args.items} "
+             f"items, popularity drift {args.popularity_drift}, new items {args.new_items}, long tail "
+             f"{args.long_tail}")
+    return landing, oracle, label
 
 
 def main() -> None:
@@ -245,22 +240,20 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse a finished run of the date (no second mtl run)")
     ap.add_argument("--ablations", default="", help=f"'|'-separated subset of {list(ABLATIONS)}")
+    ap.add_argument("--ablation-seeds", type=int, default=1, metavar="N",
+                    help="repeat each ablation row over train.seed 0..N-1 and print mean ± sd (1: one run, the "
+                         "configured seed)")
     args = ap.parse_args()
+    if args.ablation_seeds < 1:
+        ap.error("--ablation-seeds must be >= 1")
     drift = (args.popularity_drift, args.new_items, args.long_tail)
     # A landing folder per generator setting: one written with other settings is never reused by mistake.
     name = args.dataset + ("-drift-{}-{}-{}".format(*drift) if args.dataset == "generated" and any(drift) else "")
     work = Path(args.work) / name
-    landing, home = work / "landing", work / "home"
+    landing, home, oracle = work / "landing", work / "home", None
     sets = ["train.threads=1", "gbdt.n_jobs=1", *args.sets]  # one core each: the machine is shared
     if args.dataset == "generated":
-        if not landing.is_dir():
-            start = (dt.date(2026, 3, 1)).isoformat()
-            mtl("generate", "--out", str(landing), "--days", str(args.days), "--impressions-per-day",
-                str(args.impressions), "--users", str(args.users), "--items", str(args.items), "--seed",
-                str(args.seed), "--start-date", start, "--popularity-drift", str(args.popularity_drift),
-                "--new-items", str(args.new_items), "--long-tail", str(args.long_tail))
-        label = (f"generated {args.days} days x {args.impressions} impressions, {args.users} users, {args.items} "
-                 f"items, popularity drift {drift[0]}, new items {drift[1]}, long tail {drift[2]}")
+        landing, oracle, label = generated(args, work)
     else:
         if not landing.is_dir():
             out = mtl("import", "hillstrom", args.csv, "--out", str(landing))
@@ -270,7 +263,7 @@ def main() -> None:
         else:
             sets = json.loads((work / "overrides.json").read_text())
         label = "Hillstrom (real, 64k customers)"
-    run_dataset(label, landing, home, sets, args)
+    run_dataset(label, landing, home, sets, args, oracle)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def cmd_generate(args):
 
     return generate(args.out, days=args.days, impressions_per_day=args.impressions_per_day, users=args.users,
                     items=args.items, seed=args.seed, start_date=args.start_date, long_tail=args.long_tail,
-                    popularity_drift=args.popularity_drift, new_items=args.new_items)
+                    popularity_drift=args.popularity_drift, new_items=args.new_items, oracle_out=args.oracle_out)
 
 
 def cmd_ingest(args):
@@ -183,6 +183,11 @@ def _add_data_commands(sub, common) -> None:
                    help="daily random-walk step on each item's log popularity; 0 = off")
     p.add_argument("--new-items", type=float, default=0.0, metavar="SHARE",
                    help="share of items that first appear on a random later day; 0 = off")
+    p.add_argument("--oracle-out", default=None, metavar="DIR",
+                   help="also write the true probabilities the labels were drawn with, per day, to "
+                        "DIR/dt=D/part-0.parquet (event_id, p_click, p_cart_given_click, p_purchase_given_click); "
+                        "DIR must lie outside --out (the landing holds only contract files); the landing is the "
+                        "same with or without it")
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("import", parents=[common], help="convert a public/real dataset into a landing folder")
     p.add_argument("name", help="adapter name, e.g. hillstrom or ali-ccp")

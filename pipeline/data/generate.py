@@ -1,12 +1,9 @@
 """Synthetic e-commerce logs in the raw data contract (CONTRACT.md), with the structure a real shop has.
 
-What drives the labels (so a model has something to learn beyond popularity):
-- click: user taste for the item's category, heavy-tailed item popularity, position bias, query-title word
-  overlap on search, price sensitivity of the user's segment (mild), surface and hour of day;
-- cart (given click): brand affinity of brand-conscious users, price sensitivity (strong), purchase intent;
-- purchase (given click): mostly from carted rows, driven by price relative to the category (scaled by the
-  user's price sensitivity), item quality and the user's purchase intent (a latent per-user trait).
-Users' segments correlate with their observable attributes (age bucket, city tier), so features can find them.
+This module draws the traffic: requests, the items each list shows, search queries, timestamps. The hidden
+model (users' and items' latent traits, what drives click, cart and purchase) is pipeline.data.generate_model.
+Optionally (`oracle_out`) the true probabilities the labels were drawn with are written too, outside the
+landing folder: they are not part of the contract, and computing them draws nothing.
 
 Everything is vectorised numpy; one `numpy.random.Generator` seeded once makes the output deterministic.
 Long-tail text, drifting popularity and new items (pipeline.data.longtail) are off by default and draw from a
@@ -21,99 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-CATEGORIES = (
-    "sneakers", "dress", "headphones", "backpack", "watch", "jacket", "lamp", "blender", "novel", "lipstick",
-    "jeans", "sofa", "kettle", "phone case", "drone", "tent", "yoga mat", "perfume", "mug", "keyboard",
-    "sunglasses", "scarf", "speaker", "pillow", "toy car", "shampoo", "bicycle helmet", "camera", "wallet",
-    "boots",
+from pipeline.data.generate_model import (  # noqa: F401  (ADJECTIVES ... VOCAB: names benches import from here)
+    ADJECTIVES,
+    CATEGORIES,
+    COLORS,
+    MATERIALS,
+    SURFACE_P,
+    VOCAB,
+    draw_labels,
+    funnel,
+    funnel_probs,
+    make_items,
+    make_users,
 )
-ADJECTIVES = (
-    "classic", "premium", "slim", "vintage", "sporty", "compact", "wireless", "organic", "deluxe",
-    "lightweight",
-    "waterproof", "cozy", "modern", "retro", "ergonomic", "portable", "elegant", "rugged", "soft", "smart",
-)
-COLORS = ("black", "white", "red", "blue", "green", "grey", "pink", "beige", "navy", "gold", "silver")
-MATERIALS = ("cotton", "leather", "steel", "bamboo", "wool", "silicone", "ceramic", "canvas", "linen")
-BRAND_SYLLABLES = ("zo", "ka", "mi", "lux", "ver", "no", "tra", "bel", "qui", "den", "sol", "ar", "fen", "ro")
-AGE_BUCKETS = ("18-24", "25-34", "35-44", "45-54", "55+")
-GENDERS = ("f", "m", "x")
-SURFACE_P = {"recommend": 0.6, "search": 0.25, "ad": 0.15}
-SEGMENT_SENS = np.array([1.6, 0.8, 0.2])  # price sensitivity of budget / mid / premium users
-# One vocabulary over the title word slots; a title's token ids index it (query-title overlap counts ids).
-VOCAB = ADJECTIVES + COLORS + MATERIALS + CATEGORIES
-SLOT_OFFSET = np.cumsum([0, len(ADJECTIVES), len(COLORS), len(MATERIALS)])  # adjective colour material noun
 
-
-def _brand_names(rng: np.random.Generator, n: int) -> list[str]:
-    names: set[str] = set()
-    while len(names) < n:
-        k = rng.integers(2, 4)
-        names.add("".join(rng.choice(BRAND_SYLLABLES, size=k)).capitalize())
-    return sorted(names)
-
-
-def _make_users(rng: np.random.Generator, n: int, start: dt.datetime, days: int) -> tuple[dict, dict]:
-    """User columns and latent traits. About 10% sign up during the window (cold start): a user who signs up
-    on day k first appears on day k + 1, so signup_ts is never after the first impression."""
-    age = rng.integers(0, len(AGE_BUCKETS), n)
-    tier = rng.integers(1, 6, n)
-    # Premium users are more often older and in tier-1 cities; budget users younger and in smaller cities.
-    lean = 0.5 * (age - 2) - 0.45 * (tier - 3) + rng.normal(0, 0.5, n)
-    segment = np.digitize(lean, [-0.6, 0.6]).astype(np.int64)  # 0 budget, 1 mid, 2 premium
-    new = rng.random(n) < 0.1
-    offset = np.where(new, rng.integers(0, days * 86400, n), -rng.integers(86400, 900 * 86400, n))  # seconds
-    offset[0] = -86400  # at least one user is active from the first day
-    signup = np.datetime64(start.replace(tzinfo=None), "us") + offset.astype("timedelta64[s]")
-    cols = {
-        "user_id": [f"u{i:07d}" for i in range(n)],
-        "age_bucket": [None if m else AGE_BUCKETS[a] for a, m in zip(age, rng.random(n) < 0.05)],
-        "gender": [None if m else GENDERS[g]
-                   for g, m in zip(rng.choice(3, n, p=[0.5, 0.45, 0.05]), rng.random(n) < 0.08)],
-        "city_tier": [None if m else int(t) for t, m in zip(tier, rng.random(n) < 0.03)],
-        "signup_ts": signup,
-    }
-    latent = {
-        "taste": rng.normal(0, 1.0, (n, len(CATEGORIES))) * 1.3,  # user x category affinity
-        "sens": SEGMENT_SENS[segment],
-        "brand_conscious": rng.random(n) < (0.2 + 0.3 * (segment == 2)),
-        "activity": rng.pareto(1.5, n) + 1.0,  # heavy-tailed requests per user
-        "active_from": np.where(offset >= 0, offset // 86400 + 1, 0),  # first day index the user may appear
-        "buyer": rng.normal(0, 1.2, n),  # purchase intent: some users browse, some buy
-    }
-    return cols, latent
-
-
-def _make_items(rng: np.random.Generator, n: int) -> tuple[dict, dict]:
-    n_cat = len(CATEGORIES)
-    brands = _brand_names(rng, max(20, min(400, n // 20)))
-    cat = rng.integers(0, n_cat, n)
-    brand = rng.integers(0, len(brands), n)
-    no_brand = rng.random(n) < 0.05
-    adj, color, mat = (rng.integers(0, len(words), n) for words in (ADJECTIVES, COLORS, MATERIALS))
-    brand_quality = rng.normal(0, 1.0, len(brands))
-    cat_price = np.exp(rng.uniform(np.log(8), np.log(400), n_cat))
-    quality = 0.7 * np.where(no_brand, -0.5, brand_quality[brand]) + rng.normal(0, 0.7, n)
-    price = np.round(cat_price[cat] * np.exp(rng.normal(0, 0.45, n) + 0.25 * quality), 2)
-    price = np.maximum(price, 0.5)
-    titles = [
-        " ".join(w for w in (None if nb else brands[b], ADJECTIVES[a], COLORS[c], MATERIALS[m], CATEGORIES[k])
-                 if w)
-        for nb, b, a, c, m, k in zip(no_brand, brand, adj, color, mat, cat)
-    ]
-    cols = {
-        "item_id": [f"i{j:07d}" for j in range(n)],
-        "title": titles,
-        "category": [CATEGORIES[k] for k in cat],
-        "brand": [None if nb else brands[b] for nb, b in zip(no_brand, brand)],
-        "shop_id": [f"s{s:05d}" for s in rng.integers(0, max(2, n // 25), n)],
-        "price": price,
-    }
-    tokens = np.stack([adj, color, mat, cat], axis=1) + SLOT_OFFSET  # [n, 4] ids into VOCAB
-    pop = rng.pareto(1.1, n) + 1.0  # heavy-tailed popularity
-    rel_price = np.log(price / cat_price[cat])
-    latent = {"cat": cat, "brand_premium": np.where(no_brand, 0.0, brand_quality[brand]), "quality": quality,
-              "pop": np.log(pop), "pop_w": pop / pop.sum(), "rel_price": rel_price, "tokens": tokens}
-    return cols, latent
+# The oracle file of a day: one row per impression, in the impressions file's order (joins on event_id).
+ORACLE_FIELDS = ("event_id", "p_click", "p_cart_given_click", "p_purchase_given_click")
 
 
 def _request_sizes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -150,10 +70,6 @@ def _sample_in_category(rng, cats: np.ndarray, items: dict) -> np.ndarray:
     if empty.any():  # a category with no items: fall back to global popularity
         out[empty] = rng.choice(len(cdf), int(empty.sum()), p=items["pop_w"])
     return out
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _gumbel_pick(rng, logits: np.ndarray) -> np.ndarray:
@@ -225,29 +141,10 @@ def _queries(rng, surface: np.ndarray, intended: np.ndarray, items_cols: dict, i
     return text, qtok
 
 
-def _labels(rng, user, item, req, position, surface, hour, overlap, users: dict, items: dict):
-    """Funnel labels (clicked, carted, purchased) as int8 arrays; cart and purchase only on clicks."""
-    surf = surface[req]
-    sens = users["sens"][user]
-    rel = items["rel_price"][item]
-    taste = users["taste"][user, items["cat"][item]]
-    click = (-3.2 + 0.8 * taste + 0.35 * (items["pop"][item] - 1.0) - 0.55 * np.log1p(position)
-             + np.where(surf == 1, 1.0 * overlap - 1.2, 0.0) + np.where(surf == 2, -0.5, 0.0)
-             - 0.35 * sens * rel + 0.15 * np.cos((hour - 20) / 24 * 2 * np.pi))
-    clicked = rng.random(len(item)) < _sigmoid(click)
-    brand = users["brand_conscious"][user] * items["brand_premium"][item]
-    buyer = users["buyer"][user]
-    cart = -1.2 + 1.1 * brand - 1.5 * sens * rel + 0.35 * items["quality"][item] + 0.15 * taste + 0.6 * buyer
-    carted = clicked & (rng.random(len(item)) < _sigmoid(cart))
-    buy = (np.where(carted, -0.3, -3.2) - 2.5 * sens * rel + 0.2 * items["quality"][item] - 0.2 * (surf == 2)
-           + 0.8 * buyer)
-    purchased = clicked & (rng.random(len(item)) < _sigmoid(buy))
-    return clicked.astype(np.int8), carted.astype(np.int8), purchased.astype(np.int8)
-
-
 def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, items_cols: dict, items: dict,
          aux=None, long_tail: float = 0.0):
-    """Day number `index` of the window as a pyarrow Table in the contract schema (users active by then)."""
+    """Day number `index` of the window as a pyarrow Table in the contract schema (users active by then), and
+    the true funnel probabilities of its rows, in row order (generate_model.funnel_probs: name -> float64 [n])."""
     import pyarrow as pa
 
     from pipeline.data.schema import IMPRESSIONS
@@ -273,14 +170,14 @@ def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, i
     # Diurnal traffic: more requests in the evening; each request's rows are 1 ms apart.
     sec = np.clip((rng.normal(19.5, 4.0, n_req) % 24) * 3600, 0, 86399 - 1).astype(np.int64)
     hour = sec[req] / 3600.0
-    labels = _labels(rng, user[req], item, req, position, surface, hour, overlap, users, items)
-    clicked, carted, purchased = labels
+    logits = funnel(user[req], item, surface[req], position, hour, overlap, users, items)
+    clicked, carted, purchased = draw_labels(rng, logits)
     midnight = np.datetime64(day.isoformat(), "us")
     ts = midnight + sec[req].astype("timedelta64[s]") + position.astype("timedelta64[ms]")
     tag = day.strftime("%Y%m%d")
     ids = pa.array(np.arange(n)).cast(pa.string())
     rids = pa.array(np.arange(n_req)).cast(pa.string())
-    return pa.table({
+    table = pa.table({
         "event_id": pa.compute.binary_join_element_wise(f"e{tag}-", ids, ""),
         "request_id": pa.compute.binary_join_element_wise(f"r{tag}-", rids, "").take(req),
         "ts": pa.array(ts, type=IMPRESSIONS.field("ts").type),
@@ -291,6 +188,7 @@ def _day(rng, day: dt.date, index: int, n: int, users_cols: dict, users: dict, i
         "position": position,
         "clicked": clicked, "carted": carted, "purchased": purchased,
     }, schema=IMPRESSIONS)
+    return table, funnel_probs(logits)
 
 
 def _write_parquet(table, path: Path) -> None:
@@ -300,6 +198,45 @@ def _write_parquet(table, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def _check(days: int, impressions_per_day: int, users: int, items: int, long_tail: float, popularity_drift: float,
+           new_items: float, out: Path, oracle_out: Path | None) -> None:
+    from pipeline.errors import ConfigError
+
+    if days < 1 or impressions_per_day < 1 or users < 1 or items < 1:
+        raise ConfigError("generate: days, impressions_per_day, users and items must all be >= 1")
+    if not (0 <= long_tail <= 1 and popularity_drift >= 0 and 0 <= new_items < 1):
+        raise ConfigError(f"generate: long_tail must be in [0, 1] (got {long_tail}), popularity_drift >= 0 (got "
+                          f"{popularity_drift}), new_items in [0, 1) (got {new_items})")
+    if oracle_out is not None:
+        a, b = out.resolve(), oracle_out.resolve()
+        # The landing is the contract: a folder of unknown files inside it would be ingested or rejected.
+        if a == b or b.is_relative_to(a) or a.is_relative_to(b):
+            raise ConfigError(f"generate: the oracle folder {oracle_out} must lie outside the landing {out} "
+                              "(and not contain it)")
+
+
+def _longtail(aux, items_cols: dict, item_latent: dict, days: int, long_tail: float, popularity_drift: float,
+              new_items: float):
+    """Reword titles in place (`long_tail` > 0); the moving catalogue (longtail.Catalogue) or None when still."""
+    if long_tail > 0:
+        from pipeline.data.longtail import reword_titles
+
+        reword_titles(aux, items_cols, item_latent["tokens"], VOCAB, long_tail)
+    if popularity_drift > 0 or new_items > 0:
+        from pipeline.data.longtail import Catalogue
+
+        return Catalogue.make(aux, np.exp(item_latent["pop"]), days, popularity_drift, new_items)
+    return None
+
+
+def _write_oracle(folder: Path, day: dt.date, event_id, probs: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("event_id", pa.string()), *((c, pa.float64()) for c in ORACLE_FIELDS[1:])])
+    table = pa.table({"event_id": event_id, **probs}, schema=schema)
+    _write_parquet(table, folder / f"dt={day.isoformat()}" / "part-0.parquet")
 
 
 def generate(
@@ -314,6 +251,7 @@ def generate(
     long_tail: float = 0.0,
     popularity_drift: float = 0.0,
     new_items: float = 0.0,
+    oracle_out: str | os.PathLike | None = None,
 ) -> dict:
     """Write a landing folder in the contract: users.parquet, items.parquet, impressions/dt=D/part-0.parquet.
 
@@ -322,44 +260,40 @@ def generate(
     `long_tail` (0..1): share of item titles reworded once and of each day's search queries reworded afresh
     (synonyms, word order, extra words, typos). `popularity_drift` (>= 0): daily step of a random walk on each
     item's log popularity. `new_items` (0..1): share of items that first appear on a random later day.
+    `oracle_out` (a folder outside `out`): also write, per day, `oracle_out/dt=D/part-0.parquet` with each
+    impression's event_id and the true probabilities its labels were drawn with (columns ORACLE_FIELDS,
+    float64; see generate_model.funnel_probs). The landing files are the same with or without it; the result then has
+    "oracle" too.
     """
     import pyarrow as pa
 
     from pipeline.data.schema import ITEMS, USERS
-    from pipeline.errors import ConfigError
     from pipeline.paths import parse_date
 
-    if days < 1 or impressions_per_day < 1 or users < 1 or items < 1:
-        raise ConfigError("generate: days, impressions_per_day, users and items must all be >= 1")
-    if not (0 <= long_tail <= 1 and popularity_drift >= 0 and 0 <= new_items < 1):
-        raise ConfigError(f"generate: long_tail must be in [0, 1] (got {long_tail}), popularity_drift >= 0 (got "
-                          f"{popularity_drift}), new_items in [0, 1) (got {new_items})")
+    out = Path(out)
+    oracle = None if oracle_out is None else Path(oracle_out)
+    _check(days, impressions_per_day, users, items, long_tail, popularity_drift, new_items, out, oracle)
     if start_date is None:
         start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
     else:
         start = parse_date(start_date)
-    out = Path(out)
     rng = np.random.default_rng(seed)
     start_ts = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC)
-    users_cols, user_latent = _make_users(rng, users, start_ts, days)
-    items_cols, item_latent = _make_items(rng, items)
+    users_cols, user_latent = make_users(rng, users, start_ts, days)
+    items_cols, item_latent = make_items(rng, items)
     aux = np.random.default_rng([seed, 1])  # long tail and catalogue moves: the main stream stays as it was
-    if long_tail > 0:
-        from pipeline.data.longtail import reword_titles
-
-        reword_titles(aux, items_cols, item_latent["tokens"], VOCAB, long_tail)
-    catalogue = None
-    if popularity_drift > 0 or new_items > 0:
-        from pipeline.data.longtail import Catalogue
-
-        catalogue = Catalogue.make(aux, np.exp(item_latent["pop"]), days, popularity_drift, new_items)
+    catalogue = _longtail(aux, items_cols, item_latent, days, long_tail, popularity_drift, new_items)
     _write_parquet(pa.table(users_cols, schema=USERS), out / "users.parquet")
     _write_parquet(pa.table(items_cols, schema=ITEMS), out / "items.parquet")
     dates = [start + dt.timedelta(days=i) for i in range(days)]
     for i, d in enumerate(dates):
         day_items = catalogue.day(item_latent, i) if catalogue else item_latent
-        table = _day(rng, d, i, impressions_per_day, users_cols, user_latent, items_cols, day_items, aux, long_tail)
+        table, probs = _day(rng, d, i, impressions_per_day, users_cols, user_latent, items_cols, day_items, aux,
+                            long_tail)
+        if oracle is not None:  # first, so a day whose _SUCCESS is there has its oracle too
+            _write_oracle(oracle, d, table["event_id"], probs)
         folder = out / "impressions" / f"dt={d.isoformat()}"
         _write_parquet(table, folder / "part-0.parquet")
         (folder / "_SUCCESS").write_text("")
-    return {"landing": str(out), "dates": [d.isoformat() for d in dates]}
+    result = {"landing": str(out), "dates": [d.isoformat() for d in dates]}
+    return result if oracle is None else {**result, "oracle": str(oracle)}

@@ -222,3 +222,84 @@ def test_new_items_appear_during_the_log_and_popularity_drifts(tmp_path):
 def test_bad_long_tail_settings_are_named(tmp_path):
     with pytest.raises(ConfigError, match="long_tail"):
         generate(tmp_path / "x", days=2, impressions_per_day=10, users=5, items=5, seed=0, long_tail=2.0)
+
+
+# 90k rows (about 7k clicks): enough for the calibration checks to tell the true purchase probability from one
+# that forgets the clicks bought without a cart (about 200 purchases off, against a 4-sigma band of about 130).
+ORACLE_ARGS = {"days": 3, "impressions_per_day": 30000, "users": 500, "items": 300, "seed": 4,
+               "start_date": "2026-03-01", "popularity_drift": 0.3, "new_items": 0.2, "long_tail": 0.3}
+
+
+@pytest.fixture(scope="module")
+def oracle_pair(tmp_path_factory):
+    """The same arguments twice, the second time with an oracle folder: (root, landing frame joined to oracle)."""
+    root = tmp_path_factory.mktemp("oracle")
+    generate(root / "plain", **ORACLE_ARGS)
+    out = generate(root / "with", oracle_out=root / "oracle", **ORACLE_ARGS)
+    assert out["oracle"] == str(root / "oracle")
+    imp = pl.read_parquet(root / "with" / "impressions" / "*" / "*.parquet", hive_partitioning=True)
+    orc = pl.read_parquet(root / "oracle" / "*" / "*.parquet", hive_partitioning=True)
+    return root, imp, orc
+
+
+def test_oracle_changes_no_landing_byte(oracle_pair):
+    root = oracle_pair[0]
+    files = sorted(p.relative_to(root / "plain") for p in (root / "plain").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(root / "with") for p in (root / "with").rglob("*") if p.is_file())
+    assert all((root / "plain" / f).read_bytes() == (root / "with" / f).read_bytes() for f in files)
+    assert sorted(p.name for p in (root / "oracle").iterdir()) == [f"dt=2026-03-0{d}" for d in (1, 2, 3)]
+    assert all(sorted(p.name for p in d.iterdir()) == ["part-0.parquet"] for d in (root / "oracle").iterdir())
+
+
+def test_oracle_rows_are_the_impressions_in_order(oracle_pair):
+    _, imp, orc = oracle_pair
+    assert orc.columns == ["event_id", "p_click", "p_cart_given_click", "p_purchase_given_click", "dt"]
+    assert orc["event_id"].to_list() == imp["event_id"].to_list()
+    assert (orc["dt"] == imp["dt"]).all()
+    probs = orc.select(pl.exclude("event_id", "dt"))
+    assert all(((probs[c] > 0) & (probs[c] < 1)).all() for c in probs.columns)
+
+
+def _within_noise(y: np.ndarray, p: np.ndarray, z: float = 4.0) -> bool:
+    """Observed count of y=1 within z binomial standard deviations of what the probabilities p predict."""
+    return abs(y.sum() - p.sum()) <= z * np.sqrt((p * (1 - p)).sum())
+
+
+def test_oracle_probabilities_are_the_ones_the_labels_were_drawn_with(oracle_pair):
+    _, imp, orc = oracle_pair
+    df = imp.join(orc, on="event_id")
+    assert df.height == imp.height
+    clicked = df.filter(pl.col("clicked") == 1)
+    assert clicked["p_click"].mean() > 1.5 * df.filter(pl.col("clicked") == 0)["p_click"].mean()
+    assert _within_noise(df["clicked"].to_numpy(), df["p_click"].to_numpy())
+    # Given a click, the cart and purchase rates match; carted clicks were likelier carts than the others.
+    assert _within_noise(clicked["carted"].to_numpy(), clicked["p_cart_given_click"].to_numpy())
+    assert _within_noise(clicked["purchased"].to_numpy(), clicked["p_purchase_given_click"].to_numpy())
+    by_cart = clicked.group_by("carted").agg(pl.col("p_cart_given_click").mean()).sort("carted")
+    assert by_cart["p_cart_given_click"][1] > by_cart["p_cart_given_click"][0]
+    # Over all impressions, P(purchase) = p_click * p_purchase_given_click; it ranks purchases best.
+    p_buy = (df["p_click"] * df["p_purchase_given_click"]).to_numpy()
+    assert _within_noise(df["purchased"].to_numpy(), p_buy)
+    assert _auc(df["purchased"].to_numpy(), p_buy) > _auc(df["purchased"].to_numpy(), df["p_click"].to_numpy())
+
+
+def test_oracle_inside_or_around_the_landing_is_refused(tmp_path):
+    args = {**ORACLE_ARGS, "impressions_per_day": 50, "users": 10, "items": 10}
+    for oracle in (tmp_path / "land", tmp_path / "land" / "oracle", tmp_path):
+        with pytest.raises(ConfigError, match="outside the landing"):
+            generate(tmp_path / "land", oracle_out=oracle, **args)
+    assert not (tmp_path / "land").exists()
+
+
+def test_cli_writes_the_oracle(tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+
+    argv = ["generate", "--out", str(tmp_path / "land"), "--days", "2", "--impressions-per-day", "100",
+            "--users", "20", "--items", "15", "--start-date", "2026-03-01", "--oracle-out", str(tmp_path / "orc")]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["oracle"] == str(tmp_path / "orc")
+    assert pl.read_parquet(tmp_path / "orc" / "dt=2026-03-02" / "part-0.parquet").height == 100
+    assert main([*argv[:-1], str(tmp_path / "land" / "x")]) == 2  # inside the landing: refused, named
+    assert "outside the landing" in capsys.readouterr().err

@@ -9,8 +9,9 @@
 Per data set: `mtl run` for day D (the landing's last day minus 2; MLflow in the work home, the gate as
 configured), then `mtl score` of the two days after with the registered champion (the challenger when the gate
 kept the champion from moving; the table says which). Printed, per task: the test-day AUC (day D) of MTL, each
-single-task DNN baseline, each LightGBM baseline (from evaluation.json) and item popularity; and on the days
-after: the scored champion, and the run's baselines through the same `transform` of the run's feature state.
+single-task DNN baseline, each LightGBM baseline (from evaluation.json) and item popularity; and on each day
+after (one table per day: a pooled AUC would mix the models' day-to-day calibration into the ranking): the scored
+champion, and the run's baselines through the same `transform` of the run's feature state.
 On a generated log both tables also have an oracle row: the probabilities the generator drew the labels from
 (`mtl generate --oracle-out`, written to <work>/<name>/oracle beside the landing; for a landing generated
 without one it is made once by generating again with the same arguments into a temporary folder, and the bench
@@ -72,8 +73,13 @@ def mtl_probs(run_dir: Path, test) -> dict[str, np.ndarray]:
 
 
 def after_days(cfg, landing: Path, run_id: str, days: list[str], model_uri: str, oracle: Path | None) -> dict:
-    """AUC per model and task on `days`: the registered model through `mtl score`, the run's baselines through
-    transform with the run's feature state (history up to D, as at serving); the oracle when there is one."""
+    """Per day after the run: AUC per model and task, the registered model through `mtl score`, the run's
+    baselines through transform with the run's feature state (history up to D, as at serving); the oracle when
+    there is one. One table per day: pooling days would mix each model's day-to-day calibration into the AUC."""
+    return {day: _after_day(cfg, landing, run_id, day, model_uri, oracle) for day in days}
+
+
+def _after_day(cfg, landing: Path, run_id: str, day: str, model_uri: str, oracle: Path | None) -> dict:
     import polars as pl
 
     from pipeline.evaluation.evaluate import predict_models
@@ -83,25 +89,17 @@ def after_days(cfg, landing: Path, run_id: str, days: list[str], model_uri: str,
     from pipeline.serving.score import read_landing_day
 
     run_dir = Layout.of(cfg.home).run_dir(run_id)
-    frames, scored, error = [], [], None
-    for day in days:
-        raw = read_landing_day(landing, day)
-        frames.append(transform(raw, run_dir / "features" / "state"))
-        out = Path(cfg.home) / f"scores-{day}.parquet"
-        try:
-            mtl("score", "--home", cfg.home, "--model", model_uri, "--landing", str(landing), "--date", day,
-                "--out", str(out))
-            scored.append(pl.read_parquet(out))
-        except SystemExit as exc:  # reported under the table; the baselines are still scored
-            error = str(exc).strip().splitlines()[-1][:300]
-    test = pl.concat(frames, how="vertical_relaxed")
+    test = transform(read_landing_day(landing, day), run_dir / "features" / "state")
     preds = {n: p for n, p in predict_models(run_dir, test, read_spec(run_dir)).items()}
     preds["mtl (this run, via transform)"] = mtl_probs(run_dir, test)
-    if not error:
-        champ = test.select("event_id").join(pl.concat(scored), on="event_id", how="left", maintain_order="left")
+    out = Path(cfg.home) / f"scores-{day}.parquet"
+    try:
+        mtl("score", "--home", cfg.home, "--model", model_uri, "--landing", str(landing), "--date", day,
+            "--out", str(out))
+        champ = test.select("event_id").join(pl.read_parquet(out), on="event_id", how="left", maintain_order="left")
         preds["registered"] = {c[2:]: champ[c].to_numpy() for c in champ.columns if c.startswith("p_")}
-    else:
-        print(f"mtl score failed, no registered-model row: {error}")
+    except SystemExit as exc:  # reported under the table; the baselines are still scored
+        print(f"mtl score failed, no registered-model row: {str(exc).strip().splitlines()[-1][:300]}")
         preds["registered"] = {}
     if oracle is not None:
         preds[ORACLE_ROW] = oracle_probs(test, oracle)
@@ -195,11 +193,11 @@ def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args, or
     reg = result.get("register") or {}
     alias = "champion" if reg.get("champion") else "challenger"
     uri = f"models:/{cfg.registry.model_name}@{alias}"
-    after = after_days(cfg, landing, date, days[-2:], uri, oracle)
-    after[f"registered ({alias}, via mtl score)"] = after.pop("registered", {})
-    if oracle is not None:  # last, as in the test-day table
-        after[ORACLE_ROW] = after.pop(ORACLE_ROW)
-    print_table(f"days after the run {days[-2]}..{days[-1]} AUC", after, tasks)
+    for day, after in after_days(cfg, landing, date, days[-2:], uri, oracle).items():
+        after[f"registered ({alias}, via mtl score)"] = after.pop("registered", {})
+        if oracle is not None:  # last, as in the test-day table
+            after[ORACLE_ROW] = after.pop(ORACLE_ROW)
+        print_table(f"day after the run {day} AUC", after, tasks)
     if args.ablate:
         names = args.ablations.split("|") if args.ablations else list(ABLATIONS)
         seeds = f"mean ± sd over train.seed 0..{args.ablation_seeds - 1}" if args.ablation_seeds > 1 else "one seed"

@@ -28,6 +28,7 @@ from pipeline.errors import FeatureError
 from pipeline.features import context, sequences
 from pipeline.features.aggregates import ensure_days
 from pipeline.features.fitstate import base_state, fit, save_state
+from pipeline.features.fresh import history_for_day
 from pipeline.features.history import add_history, feature_names
 from pipeline.features.state import FeatureState
 from pipeline.features.stream import SplitWriter, day_history, scan_day
@@ -55,8 +56,6 @@ def transform(raw: pl.DataFrame, state_dir: str | Path) -> pl.DataFrame:
     # The cached state is shared between calls: only the text table changes in a call, so it gets a copy.
     state = dataclasses.replace(state, text=state.text.copy() if state.text else None)
     if state.history is not None:  # the stored history as serving reads it without a lake (its stand-in too)
-        from pipeline.features.fresh import history_for_day
-
         state.history_for = functools.partial(history_for_day, state.history, None)
     return _transform(raw, state, extend_text=False)
 
@@ -82,8 +81,6 @@ def serve_features(raw: pl.DataFrame, state_dir: str | Path, text_cache: str | P
     `history_from` where it has the window days, else from the stored snapshot
     (`pipeline.features.fresh.history_for_day`). Loaded state, new texts and per-day history are kept between
     calls."""
-    from pipeline.features.fresh import history_for_day
-
     path = Path(state_dir).resolve()
     meta = path / "meta.json"
     state = _serving_state(str(path), meta.stat().st_mtime_ns if meta.is_file() else 0,

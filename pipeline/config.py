@@ -214,8 +214,8 @@ class ServingConfig:
     """Fused ranking score = p_ctr^a * p_cvr^b * price^c (exponents per name; absent = 0)."""
 
     score_exponents: tuple[tuple[str, float], ...] = (("ctr", 1.0), ("cvr", 1.0), ("price", 0.0))
-    # A home whose lake holds published days: serving computes history features from its newest days
-    # ("" = the history snapshot bundled with the model).
+    # A home whose lake holds published days: serving computes history features from its newest days and joins
+    # missing user/item columns from its newest snapshots ("" = the history snapshot bundled with the model).
     history_from: str = ""
     # Where serving caches the encoder vectors of texts not in the model's table ("" = <home>/text_cache).
     text_cache: str = ""

@@ -28,6 +28,7 @@ from pipeline.errors import FeatureError
 from pipeline.features import context, sequences
 from pipeline.features.aggregates import ensure_days
 from pipeline.features.fitstate import base_state, fit, save_state
+from pipeline.features.fresh import history_for_day
 from pipeline.features.history import add_history, feature_names
 from pipeline.features.state import FeatureState
 from pipeline.features.stream import SplitWriter, day_history, scan_day
@@ -47,12 +48,15 @@ def transform(raw: pl.DataFrame, state_dir: str | Path) -> pl.DataFrame:
 
     Texts missing from the stored text table are embedded on the fly with the encoder named in the state
     (`meta.json` text.model): their query-title cosine is exact either way. Their `text__*` index is 0 (no text),
-    so indices always fit the stored table a trained model holds."""
+    so indices always fit the stored table a trained model holds. History: the stored snapshot, for a day
+    past its eve through `pipeline.features.fresh.stand_in`, as a served model without a lake reads it."""
     path = Path(state_dir).resolve()
     meta = path / "meta.json"
     state = _load_state(str(path), meta.stat().st_mtime_ns if meta.is_file() else 0)
     # The cached state is shared between calls: only the text table changes in a call, so it gets a copy.
     state = dataclasses.replace(state, text=state.text.copy() if state.text else None)
+    if state.history is not None:  # the stored history as serving reads it without a lake (its stand-in too)
+        state.history_for = functools.partial(history_for_day, state.history, None)
     return _transform(raw, state, extend_text=False)
 
 
@@ -77,8 +81,6 @@ def serve_features(raw: pl.DataFrame, state_dir: str | Path, text_cache: str | P
     `history_from` where it has the window days, else from the stored snapshot
     (`pipeline.features.fresh.history_for_day`). Loaded state, new texts and per-day history are kept between
     calls."""
-    from pipeline.features.fresh import history_for_day
-
     path = Path(state_dir).resolve()
     meta = path / "meta.json"
     state = _serving_state(str(path), meta.stat().st_mtime_ns if meta.is_file() else 0,

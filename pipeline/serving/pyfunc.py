@@ -1,7 +1,9 @@
 """The served model: an MLflow pyfunc that takes raw contract rows and returns probabilities and a fused score.
 
 Input: impressions rows (contract columns; labels not needed), optionally already joined with users and items
-columns; missing user/item columns are joined from the snapshots stored in the bundle. Output (pandas):
+columns; missing user/item columns are joined from the newest lake snapshots of the history home when it has
+ones as new as the bundle's data date (`pipeline.features.fresh.snapshot_from`: items listed since then), else
+from the snapshots stored in the bundle. Output (pandas):
 `event_id`, `p_<task>` per task of the model, `score` (pipeline.serving.fused.fused_score).
 
 The bundle (one MLflow artifact folder) mirrors a run folder, so the same code reads both:
@@ -134,9 +136,12 @@ class MTLModel(PythonModel):
 
         from pipeline.features.build import serve_features
         from pipeline.features.dataset import from_frame
+        from pipeline.features.fresh import snapshot_from
         from pipeline.training.train import predict
 
-        rows = join_snapshots(rows, self.users, self.items)
+        since = self.info.get("data_date")  # users/items listed after the bundle's date come from the lake
+        rows = join_snapshots(rows, snapshot_from(self.users, self.history_home, "users", since),
+                              snapshot_from(self.items, self.history_home, "items", since))
         exps = self.info["exponents"]
         if PRICE in exps:
             fail_rows(PRICE, "unknown item and no price given (the score needs a price)", rows, rows[PRICE].is_null())

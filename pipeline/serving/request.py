@@ -124,8 +124,9 @@ def check_rows(rows: pl.DataFrame, extras: tuple[list[str], list[str]] = ([], []
 
 
 def join_snapshots(rows: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """Add the user/item columns a request did not send from the bundled snapshots (left join: unknown ids
-    keep nulls and fall to the reserved index in the features)."""
+    """Add the user/item columns a request did not send from the given snapshots (the served model passes the
+    lake's newest or the bundled ones; left join: unknown ids keep nulls and fall to the reserved index in the
+    features)."""
     for snap, key, cols in ((users, "user_id", USER_COLS), (items, "item_id", ITEM_COLS)):
         need = [c for c in cols if c not in rows.columns]
         if need:

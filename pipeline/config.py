@@ -115,12 +115,13 @@ class ModelConfig:
     id_dropout: float = 0.05  # training: share of id-like ids replaced by the unknown index, so that row learns
     cross_layers: int = 0  # DCN-v2 cross layers on the shared input (0 = none)
     # MMoE: each task's tower also reads the shared input x beside its expert mix (pipeline/models/mmoe.py), a
-    # path of its own past the shared experts. On (issue 11, measured, bench/seesaw_bench.py, train seeds 42/43,
-    # test AUC, MTL minus its DNN baseline, off -> on): demo log (make demo's, test 2026-01-14) ctr -0.0088 ->
-    # -0.0004 / -0.0003 -> +0.0013, cart -0.0081 -> -0.0005 / +0.0101 -> +0.0105, cvr +0.0058 -> +0.0073 /
-    # -0.0054 -> -0.0009; Hillstrom (test 2008-03-14) ctr -0.0082 -> -0.0002 / -0.0032 -> +0.0011, cart -0.0229
-    # -> -0.0004 / +0.0032 -> +0.0159, but cvr +0.0291 -> -0.0035 / +0.0352 -> +0.0060 (49 valid conversions).
-    # CPU time 1.1x per run on the demo log; on Hillstrom 1.6x, all from training 8-9 epochs instead of 3-4.
+    # path of its own past the shared experts. On (issue 11, measured, bench/seesaw_bench.py, train seeds 42 / 43,
+    # test AUC of MTL minus its DNN baseline, off -> on): demo log (make demo's, test 2026-01-14) ctr -0.0088 ->
+    # -0.0004 / -0.0003 -> +0.0013, cart -0.0081 -> -0.0005 / +0.0101 -> +0.0105, ctcvr +0.0015 -> +0.0057 /
+    # +0.0015 -> +0.0009, cvr +0.0058 -> +0.0073 / -0.0054 -> -0.0037; Hillstrom (test 2008-03-14) ctr -0.0082 ->
+    # -0.0002 / -0.0032 -> +0.0008, cart -0.0229 -> 0.0000 / +0.0032 -> +0.0106, ctcvr -0.0253 -> -0.0015 /
+    # +0.0056 -> +0.0104, but cvr +0.0291 -> +0.0044 / +0.0352 -> -0.0018 (49 valid conversions: noise-level
+    # selection). CPU per epoch 1.14x; on Hillstrom a run takes 1.5-1.8x, as valid now selects epoch 9, not 3-4.
     tower_skip: bool = True
 
 

@@ -37,13 +37,14 @@ def reference_logits(model, b: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     experts = [F.relu(x @ ex.weight[e] + ex.bias[e, 0]) for e in range(MCFG.num_experts)]  # each [B, 8]
     gl = model.gates.linear
     tw, to = model.towers.mlp.layers[0], model.towers.out
+    joint = torch.cat([tw.weight, model.towers.skip_weight], 1)  # [T, 8 + d, 5]: one layer over [mix, x]
     out = {}
     for t, task in enumerate(TASKS):
         rows = []
         for i in range(x.shape[0]):
             g = torch.softmax(x[i] @ gl.weight[t] + gl.bias[t, 0], 0)  # [E]
             mixed = sum(g[e] * experts[e][i] for e in range(MCFG.num_experts))  # [8]
-            h = F.relu(torch.cat([mixed, x[i]]) @ tw.weight[t] + tw.bias[t, 0])  # [5]
+            h = F.relu(torch.cat([mixed, x[i]]) @ joint[t] + tw.bias[t, 0])  # [5]
             rows.append(h @ to.weight[t, :, 0] + to.bias[t, 0, 0])
         out[task] = torch.stack(rows)
     return out
@@ -59,14 +60,43 @@ def test_tower_skip_matches_the_written_out_formula():
         assert torch.allclose(got[t], want[t], atol=1e-5), t
 
 
-def test_tower_skip_widens_only_the_towers_first_layer():
+def test_tower_skip_adds_only_one_first_layer_block_on_x_per_task():
     on = build("mmoe", spec(), MCFG, TASKS)
     off = build("mmoe", spec(), dataclasses.replace(MCFG, tower_skip=False), TASKS)
     d_in = on.features.out_dim
-    assert on.towers.mlp.layers[0].weight.shape == (len(TASKS), MCFG.expert_hidden[-1] + d_in, 5)
-    assert off.towers.mlp.layers[0].weight.shape == (len(TASKS), MCFG.expert_hidden[-1], 5)
+    assert on.towers.skip_weight.shape == (len(TASKS), d_in, 5)
+    assert on.towers.mlp.layers[0].weight.shape == off.towers.mlp.layers[0].weight.shape
     n_on, n_off = (sum(p.numel() for p in m.parameters()) for m in (on, off))
     assert n_on - n_off == len(TASKS) * d_in * 5
+
+
+@pytest.mark.parametrize("hidden", [(5,), (6, 3), ()])
+def test_split_towers_equal_one_towers_over_the_concatenation(hidden):
+    """Same seed -> the split layer starts with the joint layer's weights and computes the same logits."""
+    from pipeline.models.layers import Towers
+    from pipeline.models.mmoe import SkipTowers
+
+    torch.manual_seed(3)
+    joint = Towers(4, 8 + 6, hidden, 0.0).eval()
+    torch.manual_seed(3)
+    split = SkipTowers(4, 8, 6, hidden, 0.0).eval()
+    mixed, x = torch.randn(4, 10, 8), torch.randn(10, 6)
+    with torch.no_grad():
+        want = joint(torch.cat([mixed, x.expand(4, 10, 6)], -1))
+        got = split(mixed, x)
+    assert got.shape == (4, 10) and torch.allclose(got, want, atol=1e-5)
+    first = joint.mlp.layers[0] if hidden else joint.out
+    split_first = split.mlp.layers[0] if hidden else split.out
+    assert torch.equal(torch.cat([split_first.weight, split.skip_weight], 1), first.weight)
+
+
+def test_per_task_best_slices_cover_the_skip_weights():
+    """fitting keeps each task's tower as member i of every `model.towers` parameter: the skip part included."""
+    from pipeline.training.fitting import _tower_slices
+
+    model = build("mmoe", spec(), MCFG, TASKS)
+    parts = _tower_slices(model, 1)
+    assert torch.equal(parts["skip_weight"], model.towers.skip_weight[1])
 
 
 def test_skip_gives_each_task_a_gradient_path_past_the_experts():

@@ -121,7 +121,9 @@ class ModelConfig:
     # +0.0015 -> +0.0009, cvr +0.0058 -> +0.0073 / -0.0054 -> -0.0037; Hillstrom (test 2008-03-14) ctr -0.0082 ->
     # -0.0002 / -0.0032 -> +0.0008, cart -0.0229 -> 0.0000 / +0.0032 -> +0.0106, ctcvr -0.0253 -> -0.0015 /
     # +0.0056 -> +0.0104, but cvr +0.0291 -> +0.0044 / +0.0352 -> -0.0018 (49 valid conversions: noise-level
-    # selection). CPU per epoch 1.14x; on Hillstrom a run takes 1.5-1.8x, as valid now selects epoch 9, not 3-4.
+    # selection). Generated 12 days x 25k (seed 11, test 2026-03-10), the cost: cart +0.0070 -> +0.0035 /
+    # +0.0033 -> -0.0012, cvr -0.0027 -> -0.0034 / -0.0004 -> -0.0026, ctr -0.0013 -> -0.0028 / +0.0005 ->
+    # +0.0015. CPU per epoch 1.14x; on Hillstrom a run takes 1.5-1.8x, as valid now selects epoch 9, not 3-4.
     tower_skip: bool = True
 
 

@@ -7,13 +7,15 @@
 
 The run must have its feature files (`mtl features`). Each variant trains the listed models (the trainer's own
 valid selection) and prints one JSON line: per model and task [valid AUC of the selected epoch, test AUC]
-and the best epoch. Test AUCs are for this report only: every choice inside training is made on valid.
+the best epoch and the training's CPU seconds (compare those, not wall time, on a shared machine). Test AUCs are for this report only: every choice inside training is made on valid.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import time
 from pathlib import Path
 
 
@@ -33,7 +35,9 @@ def run_variant(home: str, run_id: str, names: list[str], sets: list[str]) -> di
     test, spec = pl.read_parquet(run_dir / "features" / "test.parquet"), read_spec(run_dir)
     out: dict = {}
     for name in names:
+        cpu = time.process_time()  # CPU seconds: wall time on a shared machine says little
         r = train_model(cfg, run_id, name)
+        out[f"{name}/cpu_s"] = round(time.process_time() - cpu, 1)
         if name.startswith("gbdt_"):
             probs = predict_gbdt(run_dir / "models" / name, test)
         else:
@@ -60,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     for spec in args.variant or ["defaults="]:
         name, _, rest = spec.partition("=")
-        extra = [kv for kv in rest.split(",") if kv]
+        extra = [kv for kv in re.split(r",(?![^\[]*\])", rest) if kv]  # commas inside [..] belong to a list
         row = run_variant(args.home, args.run_id, args.models.split(","), [*args.sets, *extra])
         print(json.dumps({"variant": name, **row}), flush=True)
 

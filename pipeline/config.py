@@ -114,6 +114,17 @@ class ModelConfig:
     calibrator_weight: float = 0.6  # AITM behavioural calibrator (Xi et al. use 0.6)
     id_dropout: float = 0.05  # training: share of id-like ids replaced by the unknown index, so that row learns
     cross_layers: int = 0  # DCN-v2 cross layers on the shared input (0 = none)
+    # MMoE: each task's tower also reads the shared input x beside its expert mix (pipeline/models/mmoe.py), a
+    # path of its own past the shared experts. On (issue 11, measured, bench/seesaw_bench.py, train seeds 42 / 43,
+    # test AUC of MTL minus its DNN baseline, off -> on): demo log (make demo's, test 2026-01-14) ctr -0.0088 ->
+    # -0.0004 / -0.0003 -> +0.0013, cart -0.0081 -> -0.0005 / +0.0101 -> +0.0105, ctcvr +0.0015 -> +0.0057 /
+    # +0.0015 -> +0.0009, cvr +0.0058 -> +0.0073 / -0.0054 -> -0.0037; Hillstrom (test 2008-03-14) ctr -0.0082 ->
+    # -0.0002 / -0.0032 -> +0.0008, cart -0.0229 -> 0.0000 / +0.0032 -> +0.0106, ctcvr -0.0253 -> -0.0015 /
+    # +0.0056 -> +0.0104, but cvr +0.0291 -> +0.0044 / +0.0352 -> -0.0018 (49 valid conversions: noise-level
+    # selection). Generated 12 days x 25k (seed 11, test 2026-03-10), the cost: cart +0.0070 -> +0.0035 /
+    # +0.0033 -> -0.0012, cvr -0.0027 -> -0.0034 / -0.0004 -> -0.0026, ctr -0.0013 -> -0.0028 / +0.0005 ->
+    # +0.0015. CPU per epoch 1.14x; on Hillstrom a run takes 1.5-1.8x, as valid now selects epoch 9, not 3-4.
+    tower_skip: bool = True
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def validate_config(cfg: Any) -> None:
     _check(0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)")
     _check(0.0 <= m.id_dropout < 1.0, "model.id_dropout must be in [0, 1)")
     _check(0 <= m.cross_layers <= 8, "model.cross_layers must be in [0, 8]")
+    _check(isinstance(m.tower_skip, bool), "model.tower_skip must be true or false")
     _check(t.weighting in WEIGHTINGS, f"train.weighting must be one of {WEIGHTINGS}, got '{t.weighting}'")
     _check(not t.task_weights or len(t.task_weights) == len(m.tasks),
            "train.task_weights needs one weight per task in model.tasks")

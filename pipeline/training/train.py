@@ -32,6 +32,9 @@ RESULT_MARK = "MTL-RESULT:"  # the line pipeline.training.launch reads from rank
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, META_FILE = "model.pt", "meta.json"
 JOINT_ENCODER_DIR = "encoder"  # text.finetune=joint: the trained encoder (safetensors + tokenizer) beside model.pt
+# Model keys added after models were already saved: a stored config without one was built as this value says (a
+# champion trained before `model.tower_skip` has towers over the expert mix only), not as today's default.
+LEGACY_MODEL_KEYS = {"tower_skip": False}
 
 
 def model_plan(cfg: Config, name: str) -> tuple[str, tuple[str, ...], ModelConfig, str]:
@@ -288,8 +291,8 @@ def load_trained(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
         raise TrainingError(f"no trained model in {model_dir} (expected {MODEL_FILE} and {META_FILE})")
     meta = read_json(model_dir / META_FILE)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in meta["config"]["model"].items() if k in fields})
+    stored = {**LEGACY_MODEL_KEYS, **meta["config"]["model"]}
+    mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in fields})
     model = models.build(meta["model"], InputSpec.from_dict(meta["inputs"]), mcfg, tuple(meta["tasks"]))
     state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
     if meta["inputs"].get("text_encoder"):  # text.finetune=joint: the transformer's weights are in encoder/

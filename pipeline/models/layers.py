@@ -190,19 +190,46 @@ class ParallelLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class ParallelBatchNorm(nn.Module):
+    """BatchNorm1d of each of n members' h features ([n, B, h] -> [n, B, h]): batch statistics in training (a
+    batch of one row uses the running ones, which BatchNorm cannot estimate from it), running ones in eval."""
+
+    def __init__(self, n: int, h: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n * h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, b, h = x.shape
+        flat = x.transpose(0, 1).reshape(b, n * h)  # a view when x came from ParallelLinear's shared-input matmul
+        m = self.norm
+        y = F.batch_norm(flat, m.running_mean, m.running_var, m.weight, m.bias, self.training and b > 1,
+                         m.momentum, m.eps)
+        if self.training and b > 1:
+            m.num_batches_tracked.add_(1)
+        return y.view(b, n, h).transpose(0, 1)
+
+
 class ParallelMLP(nn.Module):
-    """n MLPs with the same widths: Linear -> ReLU -> Dropout per hidden layer. [B, in] | [n, B, in] -> [n, B, h]."""
+    """n MLPs with the same widths: Linear -> (BatchNorm) -> ReLU -> Dropout per hidden layer.
+    [B, in] | [n, B, in] -> [n, B, h]. BatchNorm is off until `add_batch_norm()` (model.batch_norm)."""
 
     def __init__(self, n: int, d_in: int, hidden: tuple[int, ...], dropout: float):
         super().__init__()
         widths = (d_in, *hidden)
         self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in itertools.pairwise(widths))
+        self.norms: nn.ModuleList | None = None
         self.dropout = dropout
         self.out_dim = widths[-1]
 
+    def add_batch_norm(self) -> None:
+        self.norms = nn.ModuleList(ParallelBatchNorm(*layer.bias.shape[::2]) for layer in self.layers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = F.dropout(F.relu(layer(x)), self.dropout, self.training)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = F.dropout(F.relu(x), self.dropout, self.training)
         return x
 
 
@@ -227,6 +254,7 @@ class Gates(nn.Module):
                  expert_names: tuple[tuple[str, ...], ...]):
         super().__init__()
         self.linear = ParallelLinear(n, d_in, experts)
+        self.norm: ParallelBatchNorm | None = None
         self.names, self.expert_names = names, expert_names
         self.record = False
         self.reset_stats()
@@ -236,8 +264,13 @@ class Gates(nn.Module):
         self.entropy_sum: torch.Tensor | None = None
         self.rows = 0
 
+    def add_batch_norm(self) -> None:
+        """BatchNorm on the gate logits (not the gate input), as torch-rechub's gates: Linear -> BN -> softmax."""
+        self.norm = ParallelBatchNorm(*self.linear.bias.shape[::2])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = softmax_last(self.linear(x))
+        z = self.linear(x)
+        w = softmax_last(z if self.norm is None else self.norm(z))
         if self.record:
             with torch.no_grad():
                 ws, ent = w.float().sum(1), -(w.float() * torch.log(w.float() + 1e-12)).sum((1, 2))
@@ -280,6 +313,10 @@ class MultiTaskModel(nn.Module):
         self.features = FeatureInput(inputs, cfg.embedding_dim, cfg.id_dropout)
         self.cross = CrossNet(self.features.out_dim, cfg.cross_layers) if cfg.cross_layers else None
         self.build(self.features.out_dim)
+        if cfg.batch_norm:  # every architecture's MLPs and gates, without each one wiring the option
+            for m in list(self.modules()):
+                if isinstance(m, (ParallelMLP, Gates)):
+                    m.add_batch_norm()
 
     def build(self, d_in: int) -> None:
         raise AssertionError("subclasses define build()")

@@ -13,7 +13,7 @@ from test_models import MCFG, batch, spec, tasks_for
 from pipeline.config import MODEL_NAMES, load_config
 from pipeline.features import dataset
 from pipeline.models import build
-from pipeline.models.layers import ParallelBatchNorm
+from pipeline.models.blocks import ParallelBatchNorm
 from pipeline.training.sparse_adam import RowSparseAdam
 from pipeline.training.train import load_trained, predict, train_model
 

@@ -115,7 +115,9 @@ class ModelConfig:
     id_dropout: float = 0.05  # training: share of id-like ids replaced by the unknown index, so that row learns
     cross_layers: int = 0  # DCN-v2 cross layers on the shared input (0 = none)
     # BatchNorm after every hidden Linear and on the gate logits, as torch-rechub's MLPs: on in
-    # bench/train_bench.py --peer-config (MMoE, 600k rows: ctr 0.7000 -> 0.7042, ~20% more time per step).
+    # bench/train_bench.py --peer-config (MMoE, 600k rows: ctr 0.7000 -> 0.7042, ~20% more time per step). Off by
+    # default (measured, MMoE, generated 14 days x 12k with history, 2 epochs, 2 seeds): ctr 0.7460 -> 0.7444,
+    # cart 0.7418 -> 0.7424, ctcvr 0.7659 -> 0.7688, cvr 0.7390 -> 0.7443: no clear gain, and ctr falls.
     batch_norm: bool = False
 
 

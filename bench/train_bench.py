@@ -1,4 +1,4 @@
-"""Training throughput of each architecture . One JSON line per architecture:
+"""Training throughput of each architecture. One JSON line per architecture:
 
     {"model": ..., "samples_per_s": ..., "peak_rss_mb": ..., "auc": {task: ...}, ...}
 
@@ -9,20 +9,37 @@ train rows / wall time of the training pass (no evaluation inside); AUC is on th
 
 --peer-config: exactly the peers' setting (torch-rechub / DeepCTR benches): embedding 16, 4 experts [64], towers [32], batch 2048,
 Adam lr 1e-3, 1 epoch, 2 torch threads, categorical features user_id, item_id, category, brand, shop_id, surface,
-position, age_bucket, gender, city_tier plus log price only; no dropout, no weight decay, no embedding L2.
+position, age_bucket, gender, city_tier plus log price only; no dropout, no weight decay, no embedding L2;
+BatchNorm in the MLPs and gates as in theirs.
 
     .venv/bin/python bench/train_bench.py --peer-config --models mmoe,ple
     .venv/bin/python bench/train_bench.py --peer-config --models mmoe --rechub /tmp/peer/bin/python
 
-Parity findings (issue 11; 14 days x 12k impressions, 20k users, 5k items, 144k train rows, --threads 1, on a
-shared 2-core machine at load ~20, so samples_per_cpu_s is the figure to compare): our MMoE ctr 0.6562 at 107k
-samples/cpu-s vs torch-rechub's 0.6002 at 35k (3.1x). Ablations of ours on the same rows: embedding init std 1e-4
-(rechub's) ctr 0.6371 (worse); dense Adam on the id table instead of SparseAdam 0.6577 at 98k samples/cpu-s (+0.0015,
--9% speed: not taken); no output-bias init from label rates 0.5179 (it is what makes one epoch rank). At 14 days x
-50k impressions (70k users, 17k items, 600k train rows, --threads 2, load ~15-20, both wall and CPU figures
-inflated alike): ours ctr 0.6997 / cart 0.7008 / ctcvr 0.7519 / cvr 0.7215 at 884 samples/s, torch-rechub ctr
-0.7046 / cart 0.6828 / ctcvr 0.7325 / cvr 0.6504 at 292 (3.0x; CPU-s ratio 3.0x). The ctr gap (-0.005) is not
-closed; untested cause: rechub's MLPs put BatchNorm after every Linear (ours have none: an architecture change).
+Parity findings (issue 11). --peer-config turns on model.batch_norm (BatchNorm after every hidden Linear and on
+the gate logits) because the peers' model has it: torch-rechub's MLP is Linear -> BatchNorm1d -> activation, its
+gates included. At the issue's size (14 days x 150k impressions, 200k users, 50k items: 1.8M train rows), --threads
+1 on the shared 2-core machine, where samples_per_cpu_s is the load-independent figure (2 threads there spin on a
+descheduled sibling: 600k rows ran at 4.5k samples/s with 2 threads, and at 84k with 1 after the optimiser
+change below, same AUC):
+
+    ours, fp32      ctr 0.7512 / cart 0.7476 / ctcvr 0.7863 / cvr 0.7288   110k samples/s  164k samples/cpu-s
+      seeds 1, 2    ctr 0.7525, 0.7518                                     (ctr over 3 seeds 0.7518)
+    ours, --set train.precision=bf16: ctr 0.7516 / cart 0.7479 / ctcvr 0.7865 / cvr 0.7283, 182k samples/cpu-s
+    torch-rechub    ctr 0.7533 / cart 0.7464 / ctcvr 0.7825 / cvr 0.6574    28k samples/s   39k samples/cpu-s
+      its seed 1    ctr 0.7531 / cart 0.7426 / ctcvr 0.7792 / cvr 0.6518
+
+So ours wins cart, ctcvr and cvr, runs 3.9x its samples/s (4.2x per CPU-s; 4.6x with bf16), and trails its ctr
+by 0.0015 (the issue asks for >= at 5x: not met). BatchNorm was +0.004 ctr / +0.007 ctcvr at 14 x 50k (600k rows:
+ctr 0.7000 -> 0.7042, rechub 0.7046) for ~20% more time per step. Part of the ctr gap is the peer's task setup,
+not its model: rechub's cvr tower is trained on every impression (label = purchased), a second ctcvr; giving ours
+that cvr raises its ctr to 0.7526 but its cvr falls to 0.6512, so ours keeps cvr on clicked rows. Tried without
+gain at 1.8M rows (ctr, seed 0): id dropout 0 / 0.02 (0.7506 / 0.7507, default 0.05), embedding init std 1e-4
+(0.7517), dense Adam on the id table (train.embedding_grad=dense, 0.7518, 13% slower), no output-bias init
+(0.7512: with BatchNorm it no longer collapses, as it did without). Speed: torch's SparseAdam made three passes
+over the whole id table per step; RowSparseAdam (pipeline.training.sparse_adam) updates the batch's rows only,
+and the dense Adam is fused (optimiser steps 2.6 -> 1.4 of ~13 ms per step at 43k id rows; the saving grows with the table). Left per
+step (fp32, 1 thread, 2048 rows): the expert matmuls and the gate mix (a batched [B] x [T, E] @ [E, h]) dominate;
+a loop or broadcast form of the mix measured slower than the einsum.
 
 --rechub runs torch-rechub 0.9 (MMOE, PLE, ESMM with its DataLoader and MTLTrainer) on the same features for a
 side-by-side figure; install it apart from the project, e.g. `python -m venv /tmp/peer` plus a .pth line pointing
@@ -47,7 +64,8 @@ PEER_CATS = ("user_id", "item_id", "category", "brand", "shop_id", "surface", "p
              "city_tier")
 PEER = ["model.embedding_dim=16", "model.num_experts=4", "model.expert_hidden=[64]", "model.tower_hidden=[32]",
         "model.bottom_hidden=[64]", "model.dropout=0.0", "train.batch_size=2048", "train.lr=0.001",
-        "train.epochs=1", "train.threads=2", "train.weight_decay=0", "train.embedding_l2=0"]
+        "train.epochs=1", "train.threads=2", "train.weight_decay=0", "train.embedding_l2=0",
+        "model.batch_norm=true"]  # the peers' MLPs and gates have BatchNorm after every Linear (torch-rechub's MLP)
 DATA = ["data.train_days=12", "data.valid_days=1", "data.test_days=1", "text.enabled=false"]
 SIZE = {"days": 14, "impressions_per_day": 150_000, "users": 200_000, "items": 50_000, "seed": 7,
         "start_date": "2026-01-01"}
@@ -106,6 +124,8 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str], threads:
     spec = peer_spec(spec) if peer else {**spec, "text": {"enabled": False}}
     inputs = dataset.input_spec(run_dir, spec, cfg.text.proj_dim)
     model = models.build(name, inputs, cfg.model, cfg.model.tasks)
+    if cfg.train.embedding_grad == "dense":  # as pipeline.training.train does
+        model.dense_embedding_gradients()
     train = dataset.load_split(run_dir, "train", model.output_tasks, spec)
     test = dataset.load_split(run_dir, "test", model.output_tasks, spec)
     s = trainer.make_setup(model, train, cfg.train, cfg.train.weighting, torch.device("cpu"))

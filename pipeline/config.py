@@ -125,6 +125,11 @@ class ModelConfig:
     # +0.0033 -> -0.0012, cvr -0.0027 -> -0.0034 / -0.0004 -> -0.0026, ctr -0.0013 -> -0.0028 / +0.0005 ->
     # +0.0015. CPU per epoch 1.14x; on Hillstrom a run takes 1.5-1.8x, as valid now selects epoch 9, not 3-4.
     tower_skip: bool = True
+    # BatchNorm after every hidden Linear and on the gate logits, as torch-rechub's MLPs: on in
+    # bench/train_bench.py --peer-config (MMoE, 600k rows: ctr 0.7000 -> 0.7042, ~20% more time per step). Off by
+    # default (measured, MMoE, generated 14 days x 12k with history, 2 epochs, 2 seeds): ctr 0.7460 -> 0.7444,
+    # cart 0.7418 -> 0.7424, ctcvr 0.7659 -> 0.7688, cvr 0.7390 -> 0.7443: no clear gain, and ctr falls.
+    batch_norm: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.models.blocks import CrossNet, ParallelBatchNorm, TargetAttention
+
 if TYPE_CHECKING:
     from pipeline.config import ModelConfig
     from pipeline.features.dataset import InputSpec
@@ -131,47 +133,6 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
     return table
 
 
-class TargetAttention(nn.Module):
-    """DIN target attention (Zhou et al. 2018): a small MLP scores each sequence item against the candidate from
-    [s, c, s - c, s * c]; softmax over the unmasked items; the pooled vector is their weighted sum.
-    seq [B, S, D], cand [B, D], mask [B, S] bool (False = padding) -> [B, D]. Padding gets weight exactly 0
-    (so its vectors cannot change the output), and a row without any item pools to zeros. `last_weights`
-    [B, S] keeps the weights of the last call (diagnostics and tests)."""
-
-    def __init__(self, dim: int, hidden: int = 36):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.last_weights: torch.Tensor | None = None
-
-    def forward(self, seq: torch.Tensor, cand: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        c = cand.unsqueeze(1).expand_as(seq)
-        score = self.mlp(torch.cat([seq, c, seq - c, seq * c], -1)).squeeze(-1).float()  # [B, S]
-        # A large finite negative, not -inf: an all-padding row then gets finite uniform weights (zeroed below)
-        # instead of NaN, whose gradient would poison the step.
-        w = torch.softmax(score.masked_fill(~mask, -1e9), -1) * mask
-        self.last_weights = w.detach()
-        return torch.einsum("bs,bsd->bd", w.to(seq.dtype), seq)
-
-
-class CrossNet(nn.Module):
-    """DCN-v2 cross layers (Wang et al. 2021): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, [B, d] -> [B, d].
-    Each layer adds explicit feature crosses one degree higher; W_l starts at zero, so the stack starts as the
-    identity and the MLPs above see their usual input until crosses pay off."""
-
-    def __init__(self, d: int, layers: int):
-        super().__init__()
-        self.linears = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
-        for lin in self.linears:
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        x = x0
-        for lin in self.linears:
-            x = torch.addcmul(x, x0, lin(x))
-        return x
-
-
 class ParallelLinear(nn.Module):
     """n independent Linear(in, out). x [B, in] (shared input) or [n, B, in] -> [n, B, out].
     Each member is initialised like nn.Linear, independently, so experts start (and stay) different."""
@@ -191,18 +152,26 @@ class ParallelLinear(nn.Module):
 
 
 class ParallelMLP(nn.Module):
-    """n MLPs with the same widths: Linear -> ReLU -> Dropout per hidden layer. [B, in] | [n, B, in] -> [n, B, h]."""
+    """n MLPs with the same widths: Linear -> (BatchNorm) -> ReLU -> Dropout per hidden layer.
+    [B, in] | [n, B, in] -> [n, B, h]. BatchNorm is off until `add_batch_norm()` (model.batch_norm)."""
 
     def __init__(self, n: int, d_in: int, hidden: tuple[int, ...], dropout: float):
         super().__init__()
         widths = (d_in, *hidden)
         self.layers = nn.ModuleList(ParallelLinear(n, a, b) for a, b in itertools.pairwise(widths))
+        self.norms: nn.ModuleList | None = None
         self.dropout = dropout
         self.out_dim = widths[-1]
 
+    def add_batch_norm(self) -> None:
+        self.norms = nn.ModuleList(ParallelBatchNorm(*layer.bias.shape[::2]) for layer in self.layers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = F.dropout(F.relu(layer(x)), self.dropout, self.training)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = F.dropout(F.relu(x), self.dropout, self.training)
         return x
 
 
@@ -227,6 +196,7 @@ class Gates(nn.Module):
                  expert_names: tuple[tuple[str, ...], ...]):
         super().__init__()
         self.linear = ParallelLinear(n, d_in, experts)
+        self.norm: ParallelBatchNorm | None = None
         self.names, self.expert_names = names, expert_names
         self.record = False
         self.reset_stats()
@@ -236,8 +206,13 @@ class Gates(nn.Module):
         self.entropy_sum: torch.Tensor | None = None
         self.rows = 0
 
+    def add_batch_norm(self) -> None:
+        """BatchNorm on the gate logits (not the gate input), as torch-rechub's gates: Linear -> BN -> softmax."""
+        self.norm = ParallelBatchNorm(*self.linear.bias.shape[::2])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = softmax_last(self.linear(x))
+        z = self.linear(x)
+        w = softmax_last(z if self.norm is None else self.norm(z))
         if self.record:
             with torch.no_grad():
                 ws, ent = w.float().sum(1), -(w.float() * torch.log(w.float() + 1e-12)).sum((1, 2))
@@ -280,6 +255,10 @@ class MultiTaskModel(nn.Module):
         self.features = FeatureInput(inputs, cfg.embedding_dim, cfg.id_dropout)
         self.cross = CrossNet(self.features.out_dim, cfg.cross_layers) if cfg.cross_layers else None
         self.build(self.features.out_dim)
+        if cfg.batch_norm:  # every architecture's MLPs and gates, without each one wiring the option
+            for m in list(self.modules()):
+                if isinstance(m, (ParallelMLP, Gates)):
+                    m.add_batch_norm()
 
     def build(self, d_in: int) -> None:
         raise AssertionError("subclasses define build()")

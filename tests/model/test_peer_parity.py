@@ -1,0 +1,99 @@
+"""What the torch-rechub parity work built (bench/train_bench.py --peer-config): the row-wise SparseAdam and the
+model.batch_norm option."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import RUN_ID, SMALL
+from test_models import MCFG, batch, spec, tasks_for
+
+from pipeline.config import MODEL_NAMES, load_config
+from pipeline.features import dataset
+from pipeline.models import build
+from pipeline.models.blocks import ParallelBatchNorm
+from pipeline.training.sparse_adam import RowSparseAdam
+from pipeline.training.train import load_trained, predict, train_model
+
+
+def _sparse_steps(opt_cls, weight: torch.Tensor, steps: int) -> tuple[torch.nn.Embedding, torch.optim.Optimizer]:
+    table = torch.nn.Embedding(*weight.shape, sparse=True)
+    table.weight.data.copy_(weight)
+    opt = opt_cls(table.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        ids = torch.randint(0, 40, (64, 3), generator=g)  # rows 40.. are never in a batch; repeats within one
+        (table(ids).sin() * torch.arange(ids.numel() * 4).view(64, 3, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return table, opt
+
+
+def test_row_sparse_adam_is_sparse_adam_and_leaves_other_rows_alone():
+    weight = torch.randn(60, 4, generator=torch.Generator().manual_seed(0))
+    ref, ref_opt = _sparse_steps(torch.optim.SparseAdam, weight, 12)
+    row, row_opt = _sparse_steps(RowSparseAdam, weight, 12)
+    torch.testing.assert_close(row.weight, ref.weight)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(row_opt.state[row.weight][key], ref_opt.state[ref.weight][key])
+    assert row_opt.state[row.weight]["step"] == 12
+    assert torch.equal(row.weight[40:], weight[40:]) and not torch.equal(row.weight[:40], weight[:40])
+    assert not row_opt.state[row.weight]["exp_avg"][40:].any()
+    # the state is SparseAdam's: a checkpoint of one resumes in the other
+    back = torch.optim.SparseAdam(row.parameters(), lr=0.01)
+    back.load_state_dict(row_opt.state_dict())
+    assert back.state[row.weight]["step"] == 12
+
+
+def test_parallel_batch_norm_is_one_batch_norm_per_member():
+    torch.manual_seed(0)
+    norm = ParallelBatchNorm(3, 5)
+    with torch.no_grad():
+        norm.norm.weight.uniform_(0.5, 2.0)
+        norm.norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(3, 16, 5) * 3 + 1
+    out = norm(x)
+    for i in range(3):
+        ref = torch.nn.BatchNorm1d(5)
+        with torch.no_grad():
+            ref.weight.copy_(norm.norm.weight[i * 5:(i + 1) * 5])
+            ref.bias.copy_(norm.norm.bias[i * 5:(i + 1) * 5])
+        torch.testing.assert_close(out[i], ref(x[i]))
+        torch.testing.assert_close(norm.norm.running_mean[i * 5:(i + 1) * 5], ref.running_mean)
+    norm.eval()  # eval: the running statistics, not the batch's
+    m = norm.norm
+    want = (x - m.running_mean.view(3, 1, 5)) / torch.sqrt(m.running_var.view(3, 1, 5) + m.eps)
+    torch.testing.assert_close(norm(x), want * m.weight.view(3, 1, 5) + m.bias.view(3, 1, 5))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_batch_norm_option_puts_one_after_every_hidden_linear_and_gate(name):
+    torch.manual_seed(0)
+    model = build(name, spec(), dataclasses.replace(MCFG, batch_norm=True), tasks_for(name))
+    norms = [m for m in model.modules() if isinstance(m, ParallelBatchNorm)]
+    mlps = [m for m in model.modules() if hasattr(m, "norms")]
+    assert norms and all(m.norms is not None and len(m.norms) == len(m.layers) for m in mlps)
+    assert all(m.norm is not None for m in model.modules() if type(m).__name__ == "Gates")
+    model.train()
+    for n in (6, 1):  # a one-row training batch (an epoch's last) uses the running statistics instead of failing
+        out = model(batch(n))
+        assert all(z.shape == (n,) and torch.isfinite(z).all() for z in out.values())
+    model.eval()
+    assert all(torch.isfinite(z).all() for z in model(batch(6)).values())
+
+
+def test_a_batch_norm_model_trains_saves_loads_and_scores_like_the_trained_one(feature_run):
+    cfg = load_config(overrides=[*SMALL, "model.batch_norm=true"], home=feature_run)
+    res = train_model(cfg, RUN_ID, "mtl")
+    assert all(0.3 < v < 1.0 for v in res["valid"]["auc"].values())
+    model, meta = load_trained(feature_run / "runs" / RUN_ID / "models" / "mtl")
+    assert meta["config"]["model"]["batch_norm"] is True
+    norms = [m.norm for m in model.modules() if isinstance(m, ParallelBatchNorm)]
+    assert norms and all(int(n.num_batches_tracked) > 0 and n.running_var.ne(1).any() for n in norms)
+    test = dataset.load_split(feature_run / "runs" / RUN_ID, "test", model.tasks)
+    p = predict(model, test)
+    assert p.shape == (len(test), 4) and ((p > 0) & (p < 1)).all()
+    # served one row at a time, a row scores as in the whole split (eval uses the running statistics)
+    torch.testing.assert_close(torch.as_tensor(predict(model, test.slice(3, 4))), torch.as_tensor(p[3:4]))

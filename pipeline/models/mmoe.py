@@ -37,10 +37,16 @@ class SkipTowers(Towers):
         h = self._first()(mixed) + skip  # [T, B, h0]
         if not len(self.mlp.layers):
             return h.squeeze(-1)
-        h = F.dropout(F.relu(h), self.mlp.dropout, self.training)
-        for layer in self.mlp.layers[1:]:
-            h = F.dropout(F.relu(layer(h)), self.mlp.dropout, self.training)
+        h = self._activate(0, h)
+        for i, layer in enumerate(self.mlp.layers[1:], start=1):
+            h = self._activate(i, layer(h))
         return self.out(h).squeeze(-1)
+
+    def _activate(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """What ParallelMLP does after its i-th Linear: (BatchNorm, with model.batch_norm) -> ReLU -> Dropout."""
+        if self.mlp.norms is not None:
+            h = self.mlp.norms[i](h)
+        return F.dropout(F.relu(h), self.mlp.dropout, self.training)
 
 
 class Model(MultiTaskModel):

@@ -71,19 +71,29 @@ def test_tower_skip_adds_only_one_first_layer_block_on_x_per_task():
 
 
 @pytest.mark.parametrize("hidden", [(5,), (6, 3), ()])
-def test_split_towers_equal_one_towers_over_the_concatenation(hidden):
-    """Same seed -> the split layer starts with the joint layer's weights and computes the same logits."""
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_split_towers_equal_one_towers_over_the_concatenation(hidden, batch_norm):
+    """Same seed -> the split layer starts with the joint layer's weights and computes the same logits; with
+    model.batch_norm the split tower normalises after every hidden layer as the joint one does (train mode, so
+    the batch statistics are used and the running ones move)."""
     from pipeline.models.layers import Towers
     from pipeline.models.mmoe import SkipTowers
 
     torch.manual_seed(3)
-    joint = Towers(4, 8 + 6, hidden, 0.0).eval()
+    joint = Towers(4, 8 + 6, hidden, 0.0)
     torch.manual_seed(3)
-    split = SkipTowers(4, 8, 6, hidden, 0.0).eval()
+    split = SkipTowers(4, 8, 6, hidden, 0.0)
+    if batch_norm:
+        joint.mlp.add_batch_norm()
+        split.mlp.add_batch_norm()
+    else:
+        joint.eval(), split.eval()
     mixed, x = torch.randn(4, 10, 8), torch.randn(10, 6)
     with torch.no_grad():
         want = joint(torch.cat([mixed, x.expand(4, 10, 6)], -1))
         got = split(mixed, x)
+    if batch_norm and hidden:
+        assert [int(n.norm.num_batches_tracked) for n in split.mlp.norms] == [1] * len(hidden)
     assert got.shape == (4, 10) and torch.allclose(got, want, atol=1e-5)
     first = joint.mlp.layers[0] if hidden else joint.out
     split_first = split.mlp.layers[0] if hidden else split.out

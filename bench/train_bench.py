@@ -65,7 +65,8 @@ PEER_CATS = ("user_id", "item_id", "category", "brand", "shop_id", "surface", "p
 PEER = ["model.embedding_dim=16", "model.num_experts=4", "model.expert_hidden=[64]", "model.tower_hidden=[32]",
         "model.bottom_hidden=[64]", "model.dropout=0.0", "train.batch_size=2048", "train.lr=0.001",
         "train.epochs=1", "train.threads=2", "train.weight_decay=0", "train.embedding_l2=0",
-        "model.batch_norm=true"]  # the peers' MLPs and gates have BatchNorm after every Linear (torch-rechub's MLP)
+        "model.batch_norm=true",  # the peers' MLPs and gates have BatchNorm after every Linear (torch-rechub's MLP)
+        "model.cross_layers=0"]  # the peers' MMoE has no cross layers (ours has 2 by default)
 DATA = ["data.train_days=12", "data.valid_days=1", "data.test_days=1", "text.enabled=false"]
 SIZE = {"days": 14, "impressions_per_day": 150_000, "users": 200_000, "items": 50_000, "seed": 7,
         "start_date": "2026-01-01"}

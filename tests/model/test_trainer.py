@@ -17,7 +17,8 @@ from pipeline.config import MODEL_NAMES, WEIGHTINGS, TrainConfig, load_config
 from pipeline.features.dataset import input_spec, load_split, read_spec
 from pipeline.models import build
 from pipeline.training import trainer
-from pipeline.training.train import gate_diagnostics, load_trained, predict, train_model
+from pipeline.training.diagnostics import gate_diagnostics
+from pipeline.training.train import load_trained, predict, train_model
 
 ALL = ("ctr", "cart", "ctcvr", "cvr")
 

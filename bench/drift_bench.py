@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_bench import auc, landing_days, mtl
+from quality_tables import add_generator_args, auc, generator_flags, landing_days, mtl
 
 
 def run_once(landing: Path, home: Path, date: str, sets: list[str]) -> None:
@@ -134,14 +134,7 @@ def frames(raw, state: Path, cache: Path, home: Path | None, path: str):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/drift-bench")
-    ap.add_argument("--days", type=int, default=11)
-    ap.add_argument("--impressions", type=int, default=20000)
-    ap.add_argument("--users", type=int, default=25000)
-    ap.add_argument("--items", type=int, default=6000)
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--popularity-drift", type=float, default=0.2)
-    ap.add_argument("--new-items", type=float, default=0.2)
-    ap.add_argument("--long-tail", type=float, default=0.5)
+    add_generator_args(ap, 11, 20000, 25000, 6000, (0.2, 0.2, 0.5))
     ap.add_argument("--set", action="append", default=[], dest="sets", help="extra config key=value")
     ap.add_argument("--paths", default="transform,served,served fresh", help="comma-separated feature paths")
     args = ap.parse_args()
@@ -152,10 +145,7 @@ def main() -> None:
     landing, home = work / "landing", work / "home"
     sets = ["train.threads=1", "gbdt.n_jobs=1", *args.sets]
     if not landing.is_dir():
-        mtl("generate", "--out", str(landing), "--days", str(args.days), "--impressions-per-day",
-            str(args.impressions), "--users", str(args.users), "--items", str(args.items), "--seed", str(args.seed),
-            "--start-date", "2026-03-01", "--popularity-drift", str(args.popularity_drift), "--new-items",
-            str(args.new_items), "--long-tail", str(args.long_tail))
+        mtl("generate", "--out", str(landing), *generator_flags(args))
     days = landing_days(landing)
     date = days[-3]
     run_once(landing, home, date, sets)

@@ -23,7 +23,6 @@ trained; test-day AUC per task and the mean (one run per row, or mean ± sd over
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -32,8 +31,10 @@ from pathlib import Path
 import numpy as np
 from quality_tables import (
     ORACLE_ROW,
+    add_generator_args,
     aucs,
     ensure_oracle,
+    generator_flags,
     landing_days,
     mean_spread,
     mtl,
@@ -209,10 +210,7 @@ def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args, or
 def generated(args, work: Path) -> tuple[Path, Path, str]:
     """The generated landing and its oracle folder (made when missing) and the table label."""
     landing, oracle = work / "landing", work / "oracle"
-    gen = ["--days", str(args.days), "--impressions-per-day", str(args.impressions), "--users", str(args.users),
-           "--items", str(args.items), "--seed", str(args.seed), "--start-date", dt.date(2026, 3, 1).isoformat(),
-           "--popularity-drift", str(args.popularity_drift), "--new-items", str(args.new_items),
-           "--long-tail", str(args.long_tail)]
+    gen = generator_flags(args)
     if not landing.is_dir():
         mtl("generate", "--out", str(landing), "--oracle-out", str(oracle), *gen)
     ensure_oracle(landing, oracle, gen)
@@ -226,14 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset", choices=("generated", "hillstrom"))
     ap.add_argument("--work", default="/tmp/quality-bench")
-    ap.add_argument("--days", type=int, default=12)
-    ap.add_argument("--impressions", type=int, default=25000)
-    ap.add_argument("--users", type=int, default=30000)
-    ap.add_argument("--items", type=int, default=8000)
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--popularity-drift", type=float, default=0.0, help="generator: daily log-popularity step")
-    ap.add_argument("--new-items", type=float, default=0.0, help="generator: share of items appearing later")
-    ap.add_argument("--long-tail", type=float, default=0.0, help="generator: share of reworded titles/queries")
+    add_generator_args(ap, 12, 25000, 30000, 8000, (0.0, 0.0, 0.0))
     ap.add_argument("--csv", default="/work/shared/data/real/hillstrom-email/hillstrom.csv")
     ap.add_argument("--set", action="append", default=[], dest="sets", help="extra config key=value")
     ap.add_argument("--ablate", action="store_true")

@@ -29,6 +29,24 @@ def mtl(*args: str, env: dict | None = None) -> dict:
     return json.loads(out.stdout)
 
 
+def add_generator_args(ap, days: int, impressions: int, users: int, items: int, drift: tuple[float, float, float]):
+    """The generator flags the quality and drift benches share (their own default sizes and drift settings)."""
+    for flag, value in (("--days", days), ("--impressions", impressions), ("--users", users), ("--items", items),
+                        ("--seed", 11)):
+        ap.add_argument(flag, type=int, default=value)
+    ap.add_argument("--popularity-drift", type=float, default=drift[0], help="generator: daily log-popularity step")
+    ap.add_argument("--new-items", type=float, default=drift[1], help="generator: share of items appearing later")
+    ap.add_argument("--long-tail", type=float, default=drift[2], help="generator: share of reworded titles/queries")
+
+
+def generator_flags(args) -> list[str]:
+    """`mtl generate` arguments (all but --out) from the flags `add_generator_args` defines; start 2026-03-01."""
+    return ["--days", str(args.days), "--impressions-per-day", str(args.impressions), "--users", str(args.users),
+            "--items", str(args.items), "--seed", str(args.seed), "--start-date", "2026-03-01",
+            "--popularity-drift", str(args.popularity_drift), "--new-items", str(args.new_items),
+            "--long-tail", str(args.long_tail)]
+
+
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:
     from pipeline.evaluation.metrics import auc as _auc
 

@@ -71,7 +71,8 @@ PEER = ["model.embedding_dim=16", "model.num_experts=4", "model.expert_hidden=[6
         "model.bottom_hidden=[64]", "model.dropout=0.0", "train.batch_size=2048", "train.lr=0.001",
         "train.epochs=1", "train.threads=2", "train.weight_decay=0", "train.embedding_l2=0",
         "model.batch_norm=true",  # the peers' MLPs and gates have BatchNorm after every Linear (torch-rechub's MLP)
-        "model.cross_layers=0"]  # the peers' MMoE has no cross layers (ours has 2 by default)
+        "model.cross_layers=0",  # the peers' MMoE has no cross layers (ours has 2 by default)
+        "model.tower_skip=false"]  # nor a tower skip: the paper's MMoE (--set model.tower_skip=true for ours)
 DATA = ["data.train_days=12", "data.valid_days=1", "data.test_days=1", "text.enabled=false"]
 SIZE = {"days": 14, "impressions_per_day": 150_000, "users": 200_000, "items": 50_000, "seed": 7,
         "start_date": "2026-01-01"}
@@ -118,10 +119,8 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str], threads:
 
     from pipeline import models
     from pipeline.config import load_config
-    from pipeline.evaluation.metrics import auc
     from pipeline.features import dataset
     from pipeline.training import trainer
-    from pipeline.training.train import predict
 
     cfg = load_config(None, (PEER if peer else []) + [f"model.name={name}"] + overrides, home=run_dir.parent.parent)
     torch.set_num_threads(threads or cfg.train.threads or 2)
@@ -139,17 +138,26 @@ def run_one(name: str, run_dir: Path, peer: bool, overrides: list[str], threads:
     for epoch in range(1, cfg.train.epochs + 1):
         trainer.train_epoch(s, train, cfg.train, epoch, name)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    probs = predict(model, test)
-    aucs = {}
-    for j, t in enumerate(model.tasks):
-        k = test.tasks.index(t)
-        m = test.mask[:, k] > 0
-        aucs[t] = round(auc(test.labels[m, k].numpy(), probs[m.numpy(), j]), 4)
+    valid = dataset.load_split(run_dir, "valid", model.output_tasks, spec)
+    aucs, valid_aucs = _split_aucs(model, test), _split_aucs(model, valid)
     return {"model": name, "samples_per_s": round(len(train) * cfg.train.epochs / seconds),
             "samples_per_cpu_s": round(len(train) * cfg.train.epochs / cpu),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "auc": aucs, "train_rows": len(train), "epochs": cfg.train.epochs, "seconds": round(seconds, 1),
+            "auc": aucs, "valid_auc": valid_aucs, "train_rows": len(train), "epochs": cfg.train.epochs, "seconds": round(seconds, 1),
             "threads": torch.get_num_threads(), "precision": cfg.train.precision, "peer_config": peer}
+
+
+def _split_aucs(model, data) -> dict[str, float]:
+    """AUC per task of `model` on a split, each on its sample space (cvr: clicked rows)."""
+    from pipeline.evaluation.metrics import auc
+    from pipeline.training.train import predict
+
+    probs, out = predict(model, data), {}
+    for j, t in enumerate(model.tasks):
+        k = data.tasks.index(t)
+        m = data.mask[:, k] > 0
+        out[t] = round(auc(data.labels[m, k].numpy(), probs[m.numpy(), j]), 4)
+    return out
 
 
 RECHUB_LABELS = {"mmoe": ("clicked", "carted", "purchased", "purchased"),
@@ -159,7 +167,7 @@ RECHUB_TASKS = {"mmoe": ("ctr", "cart", "ctcvr", "cvr"), "ple": ("ctr", "cart", 
                 "esmm": ("cvr", "ctr", "ctcvr")}
 
 
-def run_rechub(name: str, run_dir: Path, threads: int) -> dict:
+def run_rechub(name: str, run_dir: Path, threads: int, seed: int = 0) -> dict:
     """torch-rechub 0.9's own model, Dataset/DataLoader and MTLTrainer.train_one_epoch on the same peer-config
     features (run in a separate interpreter that has torch-rechub; it is not a project dependency). Adam lr 1e-3
     without their default weight decay (that would add a pass over every embedding row each step)."""
@@ -177,7 +185,7 @@ def run_rechub(name: str, run_dir: Path, threads: int) -> dict:
     from pipeline.features.dataset import read_spec
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # its init and its DataLoader's shuffle
     spec = peer_spec(read_spec(run_dir))
     cats = [SparseFeature(c["name"], c["cardinality"], embed_dim=16) for c in spec["categorical"]]
     frames = {s: pl.read_parquet(run_dir / "features" / f"{s}.parquet") for s in ("train", "valid", "test")}
@@ -208,7 +216,7 @@ def run_rechub(name: str, run_dir: Path, threads: int) -> dict:
     return {"model": f"rechub-{name}", "samples_per_s": round(len(yt) / seconds),
             "samples_per_cpu_s": round(len(yt) / cpu),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "auc": aucs,
-            "train_rows": len(yt), "seconds": round(seconds, 1), "threads": torch.get_num_threads()}
+            "train_rows": len(yt), "seconds": round(seconds, 1), "threads": torch.get_num_threads(), "seed": seed}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,29 +230,56 @@ def main(argv: list[str] | None = None) -> None:
                    "this interpreter (one that has torch-rechub installed; needs --peer-config)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the config's, 2 in peer config); "
                    "with 1, samples_per_cpu_s is a load-independent figure on a shared machine")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every model (ours and, with --rechub, the peer's) with seeds 0..N-1 and print a mean "
+                        "row per model after the per-seed rows (1: ours with the configured train.seed, the peer "
+                        "with 0)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--one-rechub", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one or args.one_rechub:
-        row = run_rechub(args.one_rechub, args.run_dir, args.threads or 2) if args.one_rechub else \
+        row = run_rechub(args.one_rechub, args.run_dir, args.threads or 2, args.seed) if args.one_rechub else \
             run_one(args.one, args.run_dir, args.peer_config, args.overrides, args.threads)
         print(json.dumps(row), flush=True)
         return
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
     run_dir = prepare(args.work.resolve(), args.landing.resolve() if args.landing else None, args.peer_config)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        cmd = [sys.executable, __file__, "--one", name, "--run-dir", str(run_dir), "--threads", str(args.threads)]
-        cmd += (["--peer-config"] if args.peer_config else []) + [x for o in args.overrides for x in ("--set", o)]
-        _child(cmd)
-        if args.rechub and args.peer_config and name in RECHUB_TASKS:
-            _child([args.rechub, __file__, "--one-rechub", name, "--run-dir", str(run_dir), "--threads", str(args.threads)])
+        rows: dict[str, list[dict]] = {}
+        for seed in range(args.seeds):
+            cmd = [sys.executable, __file__, "--one", name, "--run-dir", str(run_dir), "--threads", str(args.threads)]
+            cmd += (["--peer-config"] if args.peer_config else []) + [x for o in args.overrides for x in ("--set", o)]
+            cmd += ["--set", f"train.seed={seed}"] if args.seeds > 1 else []
+            rows.setdefault(name, []).append(_child(cmd))
+            if args.rechub and args.peer_config and name in RECHUB_TASKS:
+                rows.setdefault(f"rechub-{name}", []).append(_child(
+                    [args.rechub, __file__, "--one-rechub", name, "--run-dir", str(run_dir), "--threads",
+                     str(args.threads), "--seed", str(seed)]))
+        if args.seeds > 1:
+            for model, runs in rows.items():
+                print(json.dumps(mean_row(model, runs)), flush=True)
 
 
-def _child(cmd: list[str]) -> None:
+def mean_row(model: str, runs: list[dict]) -> dict:
+    """The mean over seeds of the rows of one model: AUC per task (and its sd), samples/s."""
+    tasks = runs[0]["auc"]
+    return {"model": model, "seeds": len(runs),
+            "samples_per_s": round(float(np.mean([r["samples_per_s"] for r in runs]))),
+            "samples_per_cpu_s": round(float(np.mean([r["samples_per_cpu_s"] for r in runs]))),
+            "auc": {t: round(float(np.mean([r["auc"][t] for r in runs])), 4) for t in tasks},
+            "auc_sd": {t: round(float(np.std([r["auc"][t] for r in runs])), 4) for t in tasks}}
+
+
+def _child(cmd: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"benchmark child failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    print(proc.stdout.strip().splitlines()[-1], flush=True)
+    line = proc.stdout.strip().splitlines()[-1]
+    print(line, flush=True)
+    return json.loads(line)
 
 
 if __name__ == "__main__":

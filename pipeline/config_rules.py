@@ -40,6 +40,8 @@ def validate_config(cfg: Any) -> None:
     _check(0 <= m.cross_layers <= 8, "model.cross_layers must be in [0, 8]")
     _check(isinstance(m.tower_skip, bool), "model.tower_skip must be true or false")
     _check(t.weighting in WEIGHTINGS, f"train.weighting must be one of {WEIGHTINGS}, got '{t.weighting}'")
+    _check(t.sample_space_weighting in ("sqrt", "none"), "train.sample_space_weighting must be sqrt or none")
+    _check(t.embedding_lr_scale > 0, "train.embedding_lr_scale must be > 0")
     _check(not t.task_weights or len(t.task_weights) == len(m.tasks),
            "train.task_weights needs one weight per task in model.tasks")
     _check(t.epochs >= 1 and t.batch_size >= 1 and t.lr > 0, "train.epochs, train.batch_size, train.lr must be > 0")

@@ -8,6 +8,7 @@ model selection, refit and checkpoints over these are in `pipeline.training.fitt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -61,24 +62,27 @@ def shared_parameters(model: Any, sample: TensorData) -> list[torch.nn.Parameter
 
 def make_optimizers(model: Any, weighting: Weighting, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """SparseAdam for the large-id table (only the batch's rows move); Adam for everything else, with weight
-    decay on weight matrices only (never on embeddings, biases or the weighting's own parameters). Groups the
-    model declares (`model.param_groups()`, e.g. a jointly trained text encoder) keep their own settings."""
-    sparse, decay, plain = [], [], list(weighting.parameters())
+    decay on weight matrices only (never on embeddings, biases or the weighting's own parameters). The id table
+    learns at lr x `train.embedding_lr_scale`, sparse or dense. Groups the model declares (`model.param_groups()`,
+    e.g. a jointly trained text encoder) keep their own settings."""
+    sparse, ids, decay, plain = [], [], [], list(weighting.parameters())
     table = model.features.embedding
     sparse_table = table is not None and table.sparse  # dense under DDP (model.dense_embedding_gradients)
     own = model.param_groups()  # e.g. the jointly trained text encoder, with its own learning rate
     taken = {id(p) for g in own for p in g["params"]}
     for n, p in model.named_parameters():
         if p.requires_grad and id(p) not in taken:
-            group = (sparse if n == SPARSE_PARAM and sparse_table else
+            group = ((sparse if sparse_table else ids) if n == SPARSE_PARAM else
                      plain if n.endswith("bias") or "embedding" in n else decay)
             group.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}, *own]
+    id_lr = cfg.lr * cfg.embedding_lr_scale
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0},
+              *([{"params": ids, "weight_decay": 0.0, "lr": id_lr}] if ids else []), *own]
     # fused: one kernel over all tensors instead of ~10 passes per tensor (same update; bench/train_bench.py
     # --peer-config MMoE: dense step 0.65 -> 0.33 ms of ~11 ms)
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for g in groups for p in g["params"])
     dense = torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
-    return [RowSparseAdam(sparse, lr=cfg.lr), dense] if sparse else [dense]
+    return [RowSparseAdam(sparse, lr=id_lr), dense] if sparse else [dense]
 
 
 def label_rates(data: TensorData) -> dict[str, float]:
@@ -92,12 +96,28 @@ def label_rates(data: TensorData) -> dict[str, float]:
     return out
 
 
+def task_weights(data: Any, tasks: tuple[str, ...], cfg: TrainConfig) -> tuple[float, ...]:
+    """Static loss weight per task in `tasks`: `train.task_weights` (default 1) times, with
+    `train.sample_space_weighting=sqrt`, the square root of the share of `data`'s rows in the task's sample space
+    (1 for tasks on every row, the click rate for cvr). A task whose loss is a mean over a share f of the batch has
+    a gradient ~1/sqrt(f) noisier than one over every row; the factor keeps it from outvoting them in the shared
+    layers. A task without a label column counts as on every row."""
+    base = cfg.task_weights if len(cfg.task_weights) == len(tasks) else (1.0,) * len(tasks)
+    if cfg.sample_space_weighting == "none":
+        return tuple(base)
+    _, count = data.label_sums()
+    rows = max(len(data), 1)
+    share = {t: float(count[j]) / rows for j, t in enumerate(data.tasks)}
+    return tuple(w * math.sqrt(min(max(share.get(t, 1.0), 0.0), 1.0)) for w, t in zip(base, tasks))
+
+
 def make_setup(model: Any, train: TensorData, cfg: TrainConfig, weighting_name: str, device: torch.device,
                rank: int = 0, world: int = 1) -> Setup:
     model.init_output_bias(label_rates(train))
     model.to(device)
     shared = shared_parameters(model, train.slice(0, min(len(train), 256)).to(device))
-    weighting = make_weighting(weighting_name, len(model.loss_tasks), cfg, shared, device)
+    weighted = dataclasses.replace(cfg, task_weights=task_weights(train, model.loss_tasks, cfg))
+    weighting = make_weighting(weighting_name, len(model.loss_tasks), weighted, shared, device)
     net: Any = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -213,3 +213,42 @@ def test_towers_start_at_the_task_base_rates(feature_run, name, tasks):
         assert float(bias[i]) == pytest.approx(math.log(rates[t] / (1 - rates[t])), rel=1e-5), t
     if name == "esmm":
         assert rates["cvr"] == pytest.approx(rates["ctcvr"] / rates["ctr"])
+
+
+def test_sample_space_weighting_scales_each_task_by_the_sqrt_of_its_row_share(feature_run):
+    s, data, _ = _setup(feature_run)
+    clicked = data.labels[:, data.tasks.index("ctr")].double()
+    share = {"ctr": 1.0, "cart": 1.0, "ctcvr": 1.0, "cvr": float(clicked.mean())}  # cvr's sample space: clicks
+    assert 0.0 < share["cvr"] < 1.0
+    assert s.weighting.weights() == pytest.approx([math.sqrt(share[t]) for t in s.model.loss_tasks], rel=1e-6)
+    plain, _, _ = _setup(feature_run, sample_space_weighting="none", task_weights=(1.0, 2.0, 3.0, 4.0))
+    assert plain.weighting.weights() == [1.0, 2.0, 3.0, 4.0]
+    both, _, _ = _setup(feature_run, task_weights=(1.0, 2.0, 3.0, 4.0))
+    assert both.weighting.weights()[3] == pytest.approx(4.0 * math.sqrt(share["cvr"]), rel=1e-6)
+
+
+def test_the_id_table_learns_at_lr_times_embedding_lr_scale(feature_run):
+    from pipeline.training.sparse_adam import RowSparseAdam
+
+    s, data, tcfg = _setup(feature_run, embedding_lr_scale=4.0, lr=1e-3)
+    big = s.model.features.embedding.weight
+    sparse = [o for o in s.optimizers if isinstance(o, RowSparseAdam)]
+    assert [g["lr"] for o in sparse for g in o.param_groups] == [pytest.approx(4e-3)]
+    dense = [p for n, p in s.model.named_parameters() if n.startswith("towers")]
+    before, dense_before = big.detach().clone(), [p.detach().clone() for p in dense]
+    losses, extra = trainer._step_losses(s, data.slice(0, 128), tcfg)
+    s.weighting.backward(losses, extra)
+    for opt in s.optimizers:
+        opt.step()
+    # Adam's first step moves every element with a gradient well above eps by the learning rate itself.
+    assert float((big.detach() - before).abs().max()) == pytest.approx(4e-3, rel=0.01)
+    assert max(float((p.detach() - b).abs().max()) for p, b in zip(dense, dense_before)) == pytest.approx(1e-3, rel=0.01)
+    # Under DDP the table has dense gradients and Adam: the same rate, in its own group.
+    run_dir = feature_run / "runs" / RUN_ID
+    model = build("mmoe", input_spec(run_dir, read_spec(run_dir), 4), load_config(None, SMALL, home=feature_run).model,
+                  ALL)
+    model.dense_embedding_gradients()
+    opts = trainer.make_optimizers(model, trainer.make_weighting("fixed", 4, tcfg, [], "cpu"), tcfg)
+    table = model.features.embedding.weight
+    assert [g["lr"] for o in opts for g in o.param_groups if any(p is table for p in g["params"])] == [
+        pytest.approx(4e-3)]

@@ -195,7 +195,7 @@ def run_dataset(label: str, landing: Path, home: Path, sets: list[str], args, or
           f"{'passed' if report['gate']['passed'] else 'failed'}: {report['gate']['reasons']}")
     rows = main_table(report, landing, spec["splits"]["train"]["dates"], home / "runs" / date, oracle)
     print_table(f"test day {date} AUC", rows, tasks)
-    reg = result.get("register") or {}
+    reg = result.get("promote") or result.get("register") or {}  # promote says whether the champion moved
     alias = "champion" if reg.get("champion") else "challenger"
     uri = f"models:/{cfg.registry.model_name}@{alias}"
     for day, after in after_days(cfg, landing, date, days[-2:], uri, oracle).items():

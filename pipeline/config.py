@@ -156,7 +156,8 @@ class TrainConfig:
     # rows (cvr: the click rate), so a task averaged over few rows cannot push the shared layers as hard as one
     # averaged over all; none: task_weights only. The id table learns at lr x embedding_lr_scale: SparseAdam moves a
     # row only in a batch that has its id (each user ~9 times an epoch at 1.8M rows / 200k users).
-    # bench/train_bench.py --peer-config, seeds 0-2, test ctr 0.7526 -> 0.7547 (cart, ctcvr +0.002, cvr same).
+    # Measured (issue 11): bench/train_bench.py --peer-config, seeds 0-2, test ctr 0.7526 -> 0.7542 (cart, ctcvr
+    # +0.002, cvr the same; torch-rechub 0.7535); quality_bench generated 14 x 150k, MTL mean AUC 0.7755 -> 0.7764.
     sample_space_weighting: str = "sqrt"
     embedding_lr_scale: float = 5.0
     patience: int = 2

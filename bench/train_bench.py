@@ -35,7 +35,7 @@ the peers' dense Adam keeps moving every row on its momentum; alone 0.7534). Rec
 impression (label = purchased), a second ctcvr, which is why its cvr on clicked rows is 0.65. Earlier steps:
 BatchNorm (model.batch_norm, on in this list) +0.004 ctr at 600k rows; RowSparseAdam (torch's SparseAdam made three
 passes over the whole id table per step) and the fused dense Adam. Tried without gain: id dropout 0 / 0.02,
-embedding init std 1e-4, dense Adam on the id table, no output-bias init, torch.compile (1.7x slower per step on this CPU),
+embedding init std 1e-4, dense Adam on the id table, no output-bias init, torch.compile (1.7x slower a step here),
 a custom autograd mix, b-major expert layout, jemalloc. What a step costs (1 thread, 2048 rows, ~12 ms): the
 expert matmuls ~3.6 ms, BatchNorm 1.6 ms, ~2 ms of fixed per-op cost (a 64-row step takes 2 ms), the row-wise
 optimiser 1 ms; the rest is the small gate, mix and tower ops. bf16 autocast (--set train.precision=bf16) is

@@ -85,10 +85,10 @@ def make_optimizers(model: Any, weighting: Weighting, cfg: TrainConfig) -> list[
     return [RowSparseAdam(sparse, lr=id_lr), dense] if sparse else [dense]
 
 
-def label_rates(data: TensorData) -> dict[str, float]:
+def label_rates(data: TensorData, sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """Label rate of each task on its sample space; cvr also from the funnel identity ctcvr = ctr x cvr when only
     ctr and ctcvr labels are at hand."""
-    pos, count = data.label_sums()  # TensorData or a memory-mapped split (read in chunks)
+    pos, count = data.label_sums() if sums is None else sums  # a memory-mapped split reads in chunks: pass sums once
     rates = (pos / count.clamp_min(1)).tolist()
     out = dict(zip(data.tasks, rates))
     if "cvr" not in out and out.get("ctr", 0) > 0 and "ctcvr" in out:
@@ -96,27 +96,28 @@ def label_rates(data: TensorData) -> dict[str, float]:
     return out
 
 
-def task_weights(data: Any, tasks: tuple[str, ...], cfg: TrainConfig) -> tuple[float, ...]:
+def task_weights(data: Any, tasks: tuple[str, ...], cfg: TrainConfig,
+                 sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, ...]:
     """Static loss weight per task in `tasks`: `train.task_weights` (default 1) times, with
     `train.sample_space_weighting=sqrt`, the square root of the share of `data`'s rows in the task's sample space
     (1 for tasks on every row, the click rate for cvr). A task whose loss is a mean over a share f of the batch has
     a gradient ~1/sqrt(f) noisier than one over every row; the factor keeps it from outvoting them in the shared
-    layers. A task without a label column counts as on every row."""
+    layers. A task without a label column counts as on every row. `sums`: `data.label_sums()` when already read."""
     base = cfg.task_weights if len(cfg.task_weights) == len(tasks) else (1.0,) * len(tasks)
     if cfg.sample_space_weighting == "none":
         return tuple(base)
-    _, count = data.label_sums()
-    rows = max(len(data), 1)
-    share = {t: float(count[j]) / rows for j, t in enumerate(data.tasks)}
-    return tuple(w * math.sqrt(min(max(share.get(t, 1.0), 0.0), 1.0)) for w, t in zip(base, tasks))
+    count = (data.label_sums() if sums is None else sums)[1]
+    share = {t: float(count[j]) / max(len(data), 1) for j, t in enumerate(data.tasks)}  # in [0, 1]
+    return tuple(w * math.sqrt(share.get(t, 1.0)) for w, t in zip(base, tasks))
 
 
 def make_setup(model: Any, train: TensorData, cfg: TrainConfig, weighting_name: str, device: torch.device,
                rank: int = 0, world: int = 1) -> Setup:
-    model.init_output_bias(label_rates(train))
+    sums = train.label_sums()  # one pass over a memory-mapped split for both uses
+    model.init_output_bias(label_rates(train, sums))
     model.to(device)
     shared = shared_parameters(model, train.slice(0, min(len(train), 256)).to(device))
-    weighted = dataclasses.replace(cfg, task_weights=task_weights(train, model.loss_tasks, cfg))
+    weighted = dataclasses.replace(cfg, task_weights=task_weights(train, model.loss_tasks, cfg, sums))
     weighting = make_weighting(weighting_name, len(model.loss_tasks), weighted, shared, device)
     net: Any = model
     if world > 1:

@@ -23,10 +23,6 @@ rows), `--threads 2 --seeds 3 --rechub ...` on an otherwise idle 2-core machine,
     ours, --set model.tower_skip=true   ctr 0.7545 (.0002) / cart 0.7492 / ctcvr 0.7885     195k samples/s (4.0x)
     torch-rechub 0.9 MMOE     ctr 0.7535 (.0006) / cart 0.7444 / ctcvr 0.7819 / cvr 0.6521   49k samples/s
 
-and, in a second side-by-side run, ours with --set model.batch_norm=false (our layers' default: no BatchNorm)
-ctr 0.7538 (.0004) / cart 0.7480 / ctcvr 0.7886 / cvr 0.7288 at 238k samples/s against rechub's 47k (5.1x); its
-ctr per seed 0.7535 / 0.7544 / 0.7536, a tie with rechub's, and its valid ctr 0.0014 below ours with BatchNorm.
-
 Per seed, ours' ctr 0.7546 / 0.7546 / 0.7539 against its 0.7533 / 0.7529 / 0.7544. What closed the ctr gap
 (the old recipe gave 0.7526 over the same seeds, one thread): train.sample_space_weighting=sqrt (cvr, a mean over
 the clicked 16% of rows, had the same pull on the shared experts as ctr; alone 0.7536) and
@@ -40,6 +36,10 @@ a custom autograd mix, b-major expert layout, jemalloc. What a step costs (1 thr
 expert matmuls ~3.6 ms, BatchNorm 1.6 ms, ~2 ms of fixed per-op cost (a 64-row step takes 2 ms), the row-wise
 optimiser 1 ms; the rest is the small gate, mix and tower ops. bf16 autocast (--set train.precision=bf16) is
 faster per CPU second, but the peers run fp32, so the ratio above is fp32 against fp32.
+
+In a second side-by-side run, ours with --set model.batch_norm=false (our layers' default: no BatchNorm) gave
+ctr 0.7538 (.0004) / cart 0.7480 / ctcvr 0.7886 / cvr 0.7288 at 238k samples/s against rechub's 47k (5.1x): its
+ctr per seed 0.7535 / 0.7544 / 0.7536 ties rechub's, and its valid ctr is 0.0014 below ours with BatchNorm.
 
 --rechub runs torch-rechub 0.9 (MMOE, PLE, ESMM with its DataLoader and MTLTrainer) on the same features for a
 side-by-side figure; install it apart from the project, e.g. `python -m venv /tmp/peer` plus a .pth line pointing

@@ -66,3 +66,14 @@ class ParallelBatchNorm(nn.Module):
         if self.training and b > 1:
             m.num_batches_tracked.add_(1)
         return y.view(b, n, h).transpose(0, 1)
+
+
+def fold_dropped_bias(state: dict, prefix: str, pairs: list[tuple[str, str]]) -> None:
+    """Load-time shim for a state saved while a Linear before BatchNorm still had its bias: for each (linear,
+    norm) prefix pair, move the stored bias b into the norm's running mean (mean(xW + b) = mean(xW) + b), so
+    eval outputs stay exactly what they were and training is unchanged (the bias had no effect there)."""
+    for lin, norm in pairs:
+        bias = state.pop(f"{prefix}{lin}.bias", None)
+        mean = f"{prefix}{norm}.norm.running_mean"
+        if bias is not None and mean in state:
+            state[mean] = state[mean] - bias.reshape(-1).to(state[mean].dtype)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.models.blocks import CrossNet, ParallelBatchNorm, TargetAttention
+from pipeline.models.blocks import CrossNet, ParallelBatchNorm, TargetAttention, fold_dropped_bias
 
 if TYPE_CHECKING:
     from pipeline.config import ModelConfig
@@ -135,20 +135,26 @@ def _table(card: list[int], cols: list[int], dim: int, sparse: bool) -> nn.Embed
 
 class ParallelLinear(nn.Module):
     """n independent Linear(in, out). x [B, in] (shared input) or [n, B, in] -> [n, B, out].
-    Each member is initialised like nn.Linear, independently, so experts start (and stay) different."""
+    Each member is initialised like nn.Linear, independently, so experts start (and stay) different.
+    `drop_bias()` removes the bias, for a layer whose output goes straight into BatchNorm (which subtracts the
+    batch mean, so a bias there has no effect on the output and gets an exactly zero gradient)."""
 
     def __init__(self, n: int, d_in: int, d_out: int):
         super().__init__()
         bound = 1.0 / math.sqrt(d_in)
         self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))
+        self.bias: nn.Parameter | None = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))
+
+    def drop_bias(self) -> None:
+        self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, d_in, d_out = self.weight.shape
         if x.dim() == 2:  # one matmul for all members: [B, in] @ [in, n*out]
             w = self.weight.permute(1, 0, 2).reshape(d_in, n * d_out)
-            return torch.addmm(self.bias.reshape(n * d_out), x, w).view(x.shape[0], n, d_out).transpose(0, 1)
-        return torch.baddbmm(self.bias, x, self.weight)
+            y = x @ w if self.bias is None else torch.addmm(self.bias.reshape(n * d_out), x, w)
+            return y.view(x.shape[0], n, d_out).transpose(0, 1)
+        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
 
 
 class ParallelMLP(nn.Module):
@@ -164,7 +170,14 @@ class ParallelMLP(nn.Module):
         self.out_dim = widths[-1]
 
     def add_batch_norm(self) -> None:
-        self.norms = nn.ModuleList(ParallelBatchNorm(*layer.bias.shape[::2]) for layer in self.layers)
+        n = self.layers[0].weight.shape[0] if len(self.layers) else 0
+        self.norms = nn.ModuleList(ParallelBatchNorm(n, layer.weight.shape[2]) for layer in self.layers)
+        for layer in self.layers:
+            layer.drop_bias()
+        self.register_load_state_dict_pre_hook(self._fold_hook)
+
+    def _fold_hook(self, module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+        fold_dropped_bias(state, prefix, [(f"layers.{i}", f"norms.{i}") for i in range(len(self.layers))])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -208,7 +221,13 @@ class Gates(nn.Module):
 
     def add_batch_norm(self) -> None:
         """BatchNorm on the gate logits (not the gate input), as torch-rechub's gates: Linear -> BN -> softmax."""
-        self.norm = ParallelBatchNorm(*self.linear.bias.shape[::2])
+        n, _, experts = self.linear.weight.shape
+        self.norm = ParallelBatchNorm(n, experts)
+        self.linear.drop_bias()
+        self.register_load_state_dict_pre_hook(self._fold_hook)
+
+    def _fold_hook(self, module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+        fold_dropped_bias(state, prefix, [("linear", "norm")])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.linear(x)

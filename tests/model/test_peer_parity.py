@@ -97,3 +97,41 @@ def test_a_batch_norm_model_trains_saves_loads_and_scores_like_the_trained_one(f
     assert p.shape == (len(test), 4) and ((p > 0) & (p < 1)).all()
     # served one row at a time, a row scores as in the whole split (eval uses the running statistics)
     torch.testing.assert_close(torch.as_tensor(predict(model, test.slice(3, 4))), torch.as_tensor(p[3:4]))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_linear_before_batch_norm_drops_its_bias_and_a_stored_one_folds_into_the_running_mean(name):
+    """BatchNorm subtracts the batch mean, so a bias just before it changes nothing: those Linears have none (one
+    pass and one gradient less per layer). A state saved while they still had one loads with the bias moved into
+    the norm's running mean, and scores exactly as that model did."""
+    from pipeline.models.layers import Gates, ParallelLinear, ParallelMLP
+
+    cfg = dataclasses.replace(MCFG, batch_norm=True)
+    torch.manual_seed(0)
+    model = build(name, spec(), cfg, tasks_for(name))
+    before_bn = [lin for m in model.modules() if isinstance(m, ParallelMLP) for lin in m.layers]
+    before_bn += [m.linear for m in model.modules() if isinstance(m, Gates)]
+    assert before_bn and all(lin.bias is None for lin in before_bn)
+    assert all(lin.bias is not None for lin in model.modules()
+               if isinstance(lin, ParallelLinear) and all(lin is not b for b in before_bn))  # output layers keep theirs
+    model.train()
+    for n in (8, 8, 8):  # move the running statistics off their initial values
+        model(batch(n))
+    model.eval()
+    x = batch(6)
+    want = model(x)
+    # the state the old code saved: the same weights plus a bias b, whose running mean was mean(xW + b)
+    legacy = dict(model.state_dict())
+    g = torch.Generator().manual_seed(3)
+    for key, mod in model.named_modules():
+        if isinstance(mod, ParallelLinear) and mod.bias is None:
+            norm = key.replace("layers.", "norms.") + ".norm" if ".layers." in f".{key}" else \
+                key.rsplit(".", 1)[0] + ".norm.norm"
+            b = torch.randn(mod.weight.shape[0], 1, mod.weight.shape[2], generator=g)
+            legacy[f"{key}.bias"] = b
+            legacy[f"{norm}.running_mean"] = legacy[f"{norm}.running_mean"] + b.reshape(-1)
+    fresh = build(name, spec(), cfg, tasks_for(name)).eval()
+    fresh.load_state_dict(legacy)
+    got = fresh(x)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t])

@@ -67,6 +67,15 @@ class ParallelBatchNorm(nn.Module):
             m.num_batches_tracked.add_(1)
         return y.view(b, n, h).transpose(0, 1)
 
+    def channels_first(self, z: torch.Tensor) -> torch.Tensor:
+        """The same normalisation of z laid out [n*h, B] (member-major channels, the batch inner) -> [n*h, B]."""
+        m, b = self.norm, z.shape[1]
+        y = F.batch_norm(z.unsqueeze(0), m.running_mean, m.running_var, m.weight, m.bias, self.training and b > 1,
+                         m.momentum, m.eps)
+        if self.training and b > 1:
+            m.num_batches_tracked.add_(1)
+        return y.squeeze(0)
+
 
 def fold_dropped_bias(state: dict, prefix: str, pairs: list[tuple[str, str]]) -> None:
     """Load-time shim for a state saved while a Linear before BatchNorm still had its bias: for each (linear,

@@ -135,3 +135,38 @@ def test_a_linear_before_batch_norm_drops_its_bias_and_a_stored_one_folds_into_t
     got = fresh(x)
     for t in want:
         torch.testing.assert_close(got[t], want[t])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_shared_input_gates_in_expert_major_layout_equal_the_per_gate_path(batch_norm):
+    """Gates over a shared [B, in] input are computed as [n*E, B] (the batch the fast inner dim); weights, running
+    statistics and gradients equal those of the [n, B, in] path (Linear -> BatchNorm -> softmax per gate), and the
+    bmm mix equals the plain gate-weighted sum of the experts."""
+    import copy
+
+    from pipeline.models.layers import Gates, mix
+
+    torch.manual_seed(0)
+    gates = Gates(3, 7, 4, ("a", "b", "c"), (("e0", "e1", "e2", "e3"),) * 3)
+    if batch_norm:
+        gates.add_batch_norm()
+    ref = copy.deepcopy(gates)
+    x = torch.randn(32, 7, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    w, w_ref = gates(x), ref(xr.expand(3, 32, 7))
+    assert w.shape == (3, 32, 4)
+    torch.testing.assert_close(w, w_ref)
+    experts = torch.randn(4, 32, 5)
+    want = (w_ref.unsqueeze(-1) * experts.transpose(0, 1).unsqueeze(0)).sum(2)  # [n, B, h]
+    torch.testing.assert_close(mix(w, experts), want)
+    g = torch.randn(3, 32, 5)
+    (mix(w, experts) * g).sum().backward()
+    (want * g).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    for p, q in zip(gates.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    if batch_norm:
+        torch.testing.assert_close(gates.norm.norm.running_mean, ref.norm.norm.running_mean)
+        torch.testing.assert_close(gates.norm.norm.running_var, ref.norm.norm.running_var)
+        gates.eval(), ref.eval()
+        torch.testing.assert_close(gates(x), ref(xr.expand(3, 32, 7)))

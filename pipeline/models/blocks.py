@@ -57,7 +57,9 @@ class ParallelBatchNorm(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(n * h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """`relu`: also apply ReLU, in place on the normalised output (BatchNorm's backward does not read its
+        output; doing it on the base tensor, not the [n, B, h] view, keeps autograd from replaying the view)."""
         n, b, h = x.shape
         flat = x.transpose(0, 1).reshape(b, n * h)  # a view when x came from ParallelLinear's shared-input matmul
         m = self.norm
@@ -65,7 +67,7 @@ class ParallelBatchNorm(nn.Module):
                          m.momentum, m.eps)
         if self.training and b > 1:
             m.num_batches_tracked.add_(1)
-        return y.view(b, n, h).transpose(0, 1)
+        return (torch.relu_(y) if relu else y).view(b, n, h).transpose(0, 1)
 
     def channels_first(self, z: torch.Tensor) -> torch.Tensor:
         """The same normalisation of z laid out [n*h, B] (member-major channels, the batch inner) -> [n*h, B]."""

@@ -182,9 +182,8 @@ class ParallelMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
-            if self.norms is not None:
-                x = self.norms[i](x)
-            x = F.dropout(F.relu(x), self.dropout, self.training)
+            x = F.relu(x) if self.norms is None else self.norms[i](x, relu=True)
+            x = F.dropout(x, self.dropout, self.training)
         return x
 
 

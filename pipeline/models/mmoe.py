@@ -44,9 +44,8 @@ class SkipTowers(Towers):
 
     def _activate(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """What ParallelMLP does after its i-th Linear: (BatchNorm, with model.batch_norm) -> ReLU -> Dropout."""
-        if self.mlp.norms is not None:
-            h = self.mlp.norms[i](h)
-        return F.dropout(F.relu(h), self.mlp.dropout, self.training)
+        h = F.relu(h) if self.mlp.norms is None else self.mlp.norms[i](h, relu=True)
+        return F.dropout(h, self.mlp.dropout, self.training)
 
 
 class Model(MultiTaskModel):

@@ -62,21 +62,19 @@ class ParallelBatchNorm(nn.Module):
         output; doing it on the base tensor, not the [n, B, h] view, keeps autograd from replaying the view)."""
         n, b, h = x.shape
         flat = x.transpose(0, 1).reshape(b, n * h)  # a view when x came from ParallelLinear's shared-input matmul
-        m = self.norm
-        y = F.batch_norm(flat, m.running_mean, m.running_var, m.weight, m.bias, self.training and b > 1,
-                         m.momentum, m.eps)
-        if self.training and b > 1:
-            m.num_batches_tracked.add_(1)
+        y = self._normalise(flat, b)
         return (torch.relu_(y) if relu else y).view(b, n, h).transpose(0, 1)
 
     def channels_first(self, z: torch.Tensor) -> torch.Tensor:
         """The same normalisation of z laid out [n*h, B] (member-major channels, the batch inner) -> [n*h, B]."""
-        m, b = self.norm, z.shape[1]
-        y = F.batch_norm(z.unsqueeze(0), m.running_mean, m.running_var, m.weight, m.bias, self.training and b > 1,
-                         m.momentum, m.eps)
-        if self.training and b > 1:
+        return self._normalise(z.unsqueeze(0), z.shape[1]).squeeze(0)
+
+    def _normalise(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """F.batch_norm over x ([B, C] or [1, C, B]) with this norm's parameters and statistics; b = batch rows."""
+        m, train = self.norm, self.training and b > 1
+        if train:
             m.num_batches_tracked.add_(1)
-        return y.squeeze(0)
+        return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, train, m.momentum, m.eps)
 
 
 def fold_dropped_bias(state: dict, prefix: str, pairs: list[tuple[str, str]]) -> None:

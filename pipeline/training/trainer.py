@@ -24,7 +24,7 @@ from pipeline.evaluation.metrics import auc
 from pipeline.features.dataset import TensorData, batch_order, batches
 from pipeline.progress import bar
 from pipeline.training.losses import masked_bce
-from pipeline.training.sparse_adam import RowSparseAdam
+from pipeline.training.optimizers import GroupedAdam, RowSparseAdam
 from pipeline.training.weighting import Weighting, make_weighting
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ def make_optimizers(model: Any, weighting: Weighting, cfg: TrainConfig) -> list[
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0},
               *([{"params": ids, "weight_decay": 0.0, "lr": id_lr}] if ids else []), *own]
     # fused: one kernel over all tensors instead of ~10 passes per tensor (same update; bench/train_bench.py
-    # --peer-config MMoE: dense step 0.65 -> 0.33 ms of ~11 ms)
+    # --peer-config MMoE: dense step 0.65 -> 0.33 ms of ~11 ms), called without torch.optim's per-step walk
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for g in groups for p in g["params"])
-    dense = torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
+    dense = GroupedAdam(groups, lr=cfg.lr) if fused else torch.optim.Adam(groups, lr=cfg.lr)
     return [RowSparseAdam(sparse, lr=id_lr), dense] if sparse else [dense]
 
 

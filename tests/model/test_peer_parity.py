@@ -14,7 +14,7 @@ from pipeline.config import MODEL_NAMES, load_config
 from pipeline.features import dataset
 from pipeline.models import build
 from pipeline.models.blocks import ParallelBatchNorm
-from pipeline.training.sparse_adam import RowSparseAdam
+from pipeline.training.optimizers import GroupedAdam, RowSparseAdam
 from pipeline.training.train import load_trained, predict, train_model
 
 
@@ -45,6 +45,36 @@ def test_row_sparse_adam_is_sparse_adam_and_leaves_other_rows_alone():
     back = torch.optim.SparseAdam(row.parameters(), lr=0.01)
     back.load_state_dict(row_opt.state_dict())
     assert back.state[row.weight]["step"] == 12
+
+
+def _dense_steps(make, steps: int) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    g = torch.Generator().manual_seed(2)
+    params = [torch.nn.Parameter(torch.randn(*shape, generator=g)) for shape in ((5, 3), (3,), (2, 4, 2), (7,))]
+    # groups 0 and 1 share their settings (one kernel call), group 2 has its own lr and weight decay
+    opt = make([{"params": params[:1], "weight_decay": 0.0}, {"params": params[1:3]},
+                {"params": params[3:], "lr": 0.05, "weight_decay": 0.1}])
+    for i in range(steps):
+        loss = sum((p.sin() * (j + 1)).sum() for j, p in enumerate(params) if not (i == 2 and j == 1))
+        loss.backward()  # step 2: params[1] gets no gradient and must not move
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return params, opt
+
+
+def test_grouped_adam_is_torch_adam():
+    ref, ref_opt = _dense_steps(lambda groups: torch.optim.Adam(groups, lr=0.01, fused=True), 6)
+    plain, _ = _dense_steps(lambda groups: torch.optim.Adam(groups, lr=0.01), 6)
+    ours, opt = _dense_steps(lambda groups: GroupedAdam(groups, lr=0.01), 6)
+    for a, b, c in zip(ours, ref, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(opt.state[a][key], ref_opt.state[b][key], rtol=0, atol=0)
+    assert float(opt.state[ours[1]]["step"]) == 5 and float(opt.state[ours[0]]["step"]) == 6
+    # the state is Adam's: a checkpoint of one resumes in the other
+    back = torch.optim.Adam([{"params": ours[:1]}, {"params": ours[1:3]}, {"params": ours[3:]}], lr=0.01)
+    back.load_state_dict(opt.state_dict())
+    assert float(back.state[ours[0]]["step"]) == 6
 
 
 def test_parallel_batch_norm_is_one_batch_norm_per_member():

@@ -228,7 +228,7 @@ def test_sample_space_weighting_scales_each_task_by_the_sqrt_of_its_row_share(fe
 
 
 def test_the_id_table_learns_at_lr_times_embedding_lr_scale(feature_run):
-    from pipeline.training.sparse_adam import RowSparseAdam
+    from pipeline.training.optimizers import RowSparseAdam
 
     s, data, tcfg = _setup(feature_run, embedding_lr_scale=4.0, lr=1e-3)
     big = s.model.features.embedding.weight

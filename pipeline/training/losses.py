@@ -18,6 +18,9 @@ def masked_bce(logits: dict[str, torch.Tensor], labels: torch.Tensor, mask: torc
     row of its sample space in the batch contributes 0 (and no gradient)."""
     cols = [data_tasks.index(t) for t in tasks]
     z = torch.stack([logits[t] for t in tasks], 1).float()  # [B, T]
-    y, m = labels[:, cols], mask[:, cols]
+    y, m = labels, mask
+    if cols != list(range(labels.shape[1])):  # indexing by a list builds an index tensor per call: only if needed
+        index = torch.tensor(cols, device=labels.device)
+        y, m = labels.index_select(1, index), mask.index_select(1, index)
     per_row = F.binary_cross_entropy_with_logits(z, y, reduction="none") * m
     return per_row.sum(0) / m.sum(0).clamp_min(1.0)

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from pipeline.training.hugepages import huge_page_copy
+
 
 class RowSparseAdam(torch.optim.SparseAdam):
     """Drop-in torch.optim.SparseAdam (same arguments, state and update): for each parameter with a sparse
@@ -48,8 +50,8 @@ class RowSparseAdam(torch.optim.SparseAdam):
                 state = self.state[p]
                 if not state:  # SparseAdam's own state layout, so checkpoints load either way
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"] = huge_page_copy(torch.zeros_like(p, memory_format=torch.preserve_format))
+                    state["exp_avg_sq"] = huge_page_copy(torch.zeros_like(p, memory_format=torch.preserve_format))
                 state["step"] += 1
                 grad = p.grad.coalesce()  # the update is non-linear, so each row must come once
                 rows, g = grad._indices()[0], grad._values()

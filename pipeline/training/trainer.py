@@ -23,6 +23,7 @@ from pipeline.errors import TrainingError
 from pipeline.evaluation.metrics import auc
 from pipeline.features.dataset import TensorData, batch_order, batches
 from pipeline.progress import bar
+from pipeline.training.hugepages import huge_page_copy
 from pipeline.training.losses import masked_bce
 from pipeline.training.optimizers import GroupedAdam, RowSparseAdam
 from pipeline.training.weighting import Weighting, make_weighting
@@ -116,6 +117,9 @@ def make_setup(model: Any, train: TensorData, cfg: TrainConfig, weighting_name: 
     sums = train.label_sums()  # one pass over a memory-mapped split for both uses
     model.init_output_bias(label_rates(train, sums))
     model.to(device)
+    table = model.features.embedding
+    if table is not None and table.sparse:  # read and written at random rows every step
+        table.weight.data = huge_page_copy(table.weight.data)
     shared = shared_parameters(model, train.slice(0, min(len(train), 256)).to(device))
     weighted = dataclasses.replace(cfg, task_weights=task_weights(train, model.loss_tasks, cfg, sums))
     weighting = make_weighting(weighting_name, len(model.loss_tasks), weighted, shared, device)

@@ -116,7 +116,8 @@ def test_only_registry_and_the_pyfunc_import_mlflow():
 
 # nn.Module files and the epoch loop are torch code through and through.
 TORCH_MODULES = {"pipeline.training.fitting", "pipeline.training.losses", "pipeline.training.trainer",
-                 "pipeline.training.weighting", "pipeline.training.optimizers"}
+                 "pipeline.training.weighting", "pipeline.training.optimizers",
+                 "pipeline.training.hugepages"}
 
 
 @pytest.mark.parametrize("name", sorted(modules()))

@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path(os.environ.get("MTL_BENCH_DIR", ".mtl/bench")))
     p.add_argument("--set", action="append", default=[], dest="overrides", help="extra key=value overrides")
     p.add_argument("--rechub", metavar="PYTHON", help="also run torch-rechub 0.9's mmoe/ple/esmm side by side with "
-                   "this interpreter (one that has torch-rechub installed; needs --peer-config)")
+                   "this interpreter (one that has torch-rechub installed; needs --peer-config): per seed the two "
+                   "run back to back (odd seeds the peer first), then a row of speed ratios")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: the config's, 2 in peer config); "
                    "with 1, samples_per_cpu_s is a load-independent figure on a shared machine")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
@@ -256,14 +257,27 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, __file__, "--one", name, "--run-dir", str(run_dir), "--threads", str(args.threads)]
             cmd += (["--peer-config"] if args.peer_config else []) + [x for o in args.overrides for x in ("--set", o)]
             cmd += ["--set", f"train.seed={seed}"] if args.seeds > 1 else []
-            rows.setdefault(name, []).append(_child(cmd))
+            pair = {name: cmd}
             if args.rechub and args.peer_config and name in RECHUB_TASKS:
-                rows.setdefault(f"rechub-{name}", []).append(_child(
-                    [args.rechub, __file__, "--one-rechub", name, "--run-dir", str(run_dir), "--threads",
-                     str(args.threads), "--seed", str(seed)]))
+                pair[f"rechub-{name}"] = [args.rechub, __file__, "--one-rechub", name, "--run-dir", str(run_dir),
+                                          "--threads", str(args.threads), "--seed", str(seed)]
+            # Odd seeds run the peer first, so a drift of the machine's speed during the run favours neither.
+            for model in (list(pair) if seed % 2 == 0 else list(pair)[::-1]):
+                rows.setdefault(model, []).append(_child(pair[model]))
         if args.seeds > 1:
             for model, runs in rows.items():
                 print(json.dumps(mean_row(model, runs)), flush=True)
+        if f"rechub-{name}" in rows:
+            print(json.dumps(speed_ratio(name, rows[name], rows[f"rechub-{name}"])), flush=True)
+
+
+def speed_ratio(name: str, ours: list[dict], peer: list[dict]) -> dict:
+    """Our samples/s over the peer's, per seed (each pair ran back to back), their median and the ratio of the
+    mean rates."""
+    per_seed = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(ours, peer)]
+    of_means = float(np.mean([r["samples_per_s"] for r in ours]) / np.mean([r["samples_per_s"] for r in peer]))
+    return {"model": name, "vs": f"rechub-{name}", "speed_ratio_per_seed": [round(x, 2) for x in per_seed],
+            "speed_ratio_median": round(float(np.median(per_seed)), 2), "speed_ratio_of_means": round(of_means, 2)}
 
 
 def mean_row(model: str, runs: list[dict]) -> dict:

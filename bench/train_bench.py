@@ -17,31 +17,39 @@ Our training recipe stays ours (train.sample_space_weighting, train.embedding_lr
     .venv/bin/python bench/train_bench.py --peer-config --models mmoe --rechub /tmp/peer/bin/python --seeds 3
 
 Parity figures (issue 11), at the issue's size (14 days x 150k impressions, 200k users, 50k items: 1.8M train
-rows), `--threads 2 --seeds 5 --rechub ...`, each seed's two runs back to back, mean over seeds 0-4 (sd):
+rows), `--threads 2 --seeds 5 --rechub ...`, each seed's two runs back to back (odd seeds the peer first),
+mean over seeds 0-4 (sd):
 
-    ours, the paper's MMoE    ctr 0.7541 (.0005) / cart 0.7496 / ctcvr 0.7882 / cvr 0.7273   198k samples/s (4.86x)
-    torch-rechub 0.9 MMOE     ctr 0.7539 (.0007) / cart 0.7451 / ctcvr 0.7815 / cvr 0.6512   41k samples/s
+    ours, the paper's MMoE    ctr 0.7541 (.0005) / cart 0.7492 / ctcvr 0.7881 / cvr 0.7280   136k samples/s (5.75x)
+    torch-rechub 0.9 MMOE     ctr 0.7541 (.0008) / cart 0.7453 / ctcvr 0.7816 / cvr 0.6518   24k samples/s
 
-Per seed, ours' ctr 0.7548 / 0.7545 / 0.7534 / 0.7543 / 0.7536 against its 0.7533 / 0.7529 / 0.7544 / 0.7542 /
-0.7549, at 4.5x / 4.8x / 5.0x / 4.8x / 5.1x its samples/s; an earlier run of the same code over seeds 0-2 gave
-176k against 35k samples/s (4.98x; 4.8x / 5.2x / 4.9x). The machine's speed drifted by ~25% within the hour, so
-the ratio, not the rate, is the figure; before the step changes below it was 4.5x (221k against 49k, idle).
+Speed ratio per seed 5.3 / 5.6 / 5.8 / 5.0 / 7.4 (median 5.57x). Ours' ctr per seed 0.7549 / 0.7544 / 0.7540 /
+0.7538 / 0.7535 (the same in every run), rechub's 0.7533 / 0.7529 / 0.7547 / 0.7546 / 0.7549 (it moves by up
+to 0.0004 between runs of one seed: in an earlier run of the same code, ours always first, 0.7544 / 0.7542 for
+seeds 2 / 3, mean 0.7539, and a ratio of 5.11x, median 5.14x, per seed 4.3-6.3x). The machine ran at ~60% of
+its idle speed during both runs and drifted within them, so the ratio, not the rate, is the figure. Before
+this round's step changes it was 4.86x (198k against 41k); before last round's, 4.5x. This round: the id table
+and its two Adam moments in transparent huge pages (pipeline.training.hugepages; a step 0.93-0.96 of its time
+before, in-process runs with the steps interleaved), the dense Adam's fused kernels called directly
+(optimizers.GroupedAdam: 228 -> 92 us a step) and id dropout drawn for the id columns only (190 -> 115 us).
 What closed the ctr gap (the old recipe gave 0.7526 over seeds 0-2, one thread): train.sample_space_weighting=sqrt
 (cvr, a mean over the clicked 16% of rows, had the same pull on the shared experts as ctr; alone 0.7536) and
 train.embedding_lr_scale=5 (SparseAdam moves a user's row only in the ~9 batches an epoch that hold the user, where
 the peers' dense Adam keeps moving every row on its momentum; alone 0.7534). Rechub's cvr column is trained on every
 impression (label = purchased), a second ctcvr, which is why its cvr on clicked rows is 0.65. Earlier steps:
 BatchNorm (model.batch_norm, on in this list) +0.004 ctr at 600k rows; RowSparseAdam (torch's SparseAdam made three
-passes over the whole id table per step) and the fused dense Adam. What took the step from 4.5x to ~4.9x, each
+passes over the whole id table per step) and the fused dense Adam. What took the step from 4.5x to 4.86x, each
 timed against the code before it on the same batches in one process (steps interleaved): no bias on a Linear
 that feeds BatchNorm plus one fused Adam kernel over the id rows (-5%), the gates' softmax and BatchNorm with the
 batch as the inner dim (-1 to -2.5%), ReLU in place after BatchNorm (-1.6%). Tried without gain: id dropout 0 /
 0.02, embedding init std 1e-4, dense Adam on the id table, no output-bias init, torch.compile (1.7x slower a step
 here), a custom autograd mix, b-major expert layout, jemalloc, one matmul + BatchNorm for experts and gates
 together, a block-diagonal or elementwise tower output, towers laid out batch-inner, torch.unique ids before the
-lookup, the next batch gathered in a background thread. What a step costs (2 threads, 2048 rows, ~11 ms): heads
-forward ~3 ms and backward (with the embeddings') ~5.4 ms, the row-wise optimiser ~1.2 ms (cold random rows of
-the table and both moments), ~3 ms of it fixed per-op cost (a 64-row step takes 3 ms). bf16 autocast (--set
+lookup, the next batch gathered in a background thread; this round also a sort-based coalesce of the id
+gradient, the small table's gradient as a transposed index_add, and the split's arrays in huge pages. What a
+step cost before this round (2 threads, 2048 rows, ~11 ms): heads forward ~3 ms and backward (with the
+embeddings') ~5.4 ms, the row-wise optimiser ~1.2 ms (cold random rows of the table and both moments), ~3 ms of
+it fixed per-op cost (a 64-row step takes 3 ms). bf16 autocast (--set
 train.precision=bf16) is faster per CPU second, but the peers run fp32, so the ratio above is fp32 against fp32.
 
 With --set model.batch_norm=false (our layers' default: no BatchNorm), before the step changes above: ctr 0.7538

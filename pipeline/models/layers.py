@@ -190,10 +190,13 @@ class ParallelMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x)
-            x = F.relu(x) if self.norms is None else self.norms[i](x, relu=True)
-            x = F.dropout(x, self.dropout, self.training)
+            x = self.activate(i, layer(x))
         return x
+
+    def activate(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """What follows the i-th Linear: (BatchNorm, with add_batch_norm) -> ReLU -> Dropout. [n, B, h] -> same."""
+        h = F.relu(h) if self.norms is None else self.norms[i](h, relu=True)
+        return F.dropout(h, self.dropout, self.training)
 
 
 class Towers(nn.Module):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pipeline.models.layers import Gates, MultiTaskModel, ParallelMLP, Towers, mix
 
@@ -37,15 +36,10 @@ class SkipTowers(Towers):
         h = self._first()(mixed) + skip  # [T, B, h0]
         if not len(self.mlp.layers):
             return h.squeeze(-1)
-        h = self._activate(0, h)
+        h = self.mlp.activate(0, h)
         for i, layer in enumerate(self.mlp.layers[1:], start=1):
-            h = self._activate(i, layer(h))
+            h = self.mlp.activate(i, layer(h))
         return self.out(h).squeeze(-1)
-
-    def _activate(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """What ParallelMLP does after its i-th Linear: (BatchNorm, with model.batch_norm) -> ReLU -> Dropout."""
-        h = F.relu(h) if self.mlp.norms is None else self.mlp.norms[i](h, relu=True)
-        return F.dropout(h, self.mlp.dropout, self.training)
 
 
 class Model(MultiTaskModel):

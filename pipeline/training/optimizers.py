@@ -23,15 +23,25 @@ import torch
 from pipeline.training.hugepages import huge_page_copy
 
 
-class RowSparseAdam(torch.optim.SparseAdam):
+class _PlainZeroGrad:
+    """zero_grad(set_to_none=True) as a plain loop: torch.optim's wraps it in a profiler record_function and
+    groups the tensors first (~10 us a call, every step). set_to_none=False is torch's own."""
+
+    param_groups: list[dict]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            return torch.optim.Optimizer.zero_grad(self, False)  # type: ignore[arg-type]
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+
+class RowSparseAdam(_PlainZeroGrad, torch.optim.SparseAdam):
     """Drop-in torch.optim.SparseAdam (same arguments, state and update): for each parameter with a sparse
     gradient [N, D] whose coalesced rows are r and values g [R, D],
     m_r <- b1 m_r + (1 - b1) g, v_r <- b2 v_r + (1 - b2) g^2, p_r <- p_r - lr_t m_r / (sqrt(v_r) + eps)
     with lr_t = lr sqrt(1 - b2^t) / (1 - b1^t); rows not in the batch are untouched (moments included)."""
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """torch.optim's, less its profiler record_function and grouping (~10 us a call, every step)."""
-        _drop_grads(self, set_to_none)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -80,20 +90,11 @@ def _update_rows(p: torch.Tensor, state: dict, rows: torch.Tensor, g: torch.Tens
         x.index_copy_(0, rows, new)
 
 
-def _drop_grads(opt: torch.optim.Optimizer, set_to_none: bool) -> None:
-    """`opt.zero_grad(set_to_none)`: set_to_none=True as a plain loop, otherwise torch's own."""
-    if not set_to_none:
-        return torch.optim.Optimizer.zero_grad(opt, False)
-    for group in opt.param_groups:
-        for p in group["params"]:
-            p.grad = None
-
-
 _PLAIN = {"amsgrad": False, "maximize": False, "capturable": False, "differentiable": False,
           "decoupled_weight_decay": False, "foreach": None}
 
 
-class GroupedAdam(torch.optim.Adam):
+class GroupedAdam(_PlainZeroGrad, torch.optim.Adam):
     """torch.optim.Adam(params, fused=True, ...) with the same update, state (`step` a float32 tensor on the
     parameter's device, `exp_avg`, `exp_avg_sq`) and state_dict. A step calls `_foreach_add_` and
     `_fused_adam_` once per distinct (lr, betas, eps, weight_decay, device, dtype); groups with any setting beyond
@@ -104,10 +105,6 @@ class GroupedAdam(torch.optim.Adam):
 
     def _plain(self, group: dict) -> bool:
         return not isinstance(group["lr"], torch.Tensor) and all(group.get(k, v) == v for k, v in _PLAIN.items())
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """torch.optim's, less its profiler record_function and grouping (~10 us a call, every step)."""
-        _drop_grads(self, set_to_none)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
